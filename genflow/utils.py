@@ -1,0 +1,36 @@
+"""Small tensor helpers shared by every part of genflow."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def append_dims(t: Tensor, ndim: int) -> Tensor:
+    """Append trailing singleton dims so a per-example ``t`` broadcasts against an ``ndim`` tensor."""
+    missing = ndim - t.ndim
+    if missing < 0:
+        raise ValueError(f"cannot broadcast a {t.ndim}-D tensor to {ndim} dims")
+    return t.reshape(*t.shape, *([1] * missing))
+
+
+def sum_except_batch(x: Tensor) -> Tensor:
+    """Sum over every dim but the first (per-example totals for vectors, images, videos)."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def mean_except_batch(x: Tensor) -> Tensor:
+    """Mean over every dim but the first."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)
+
+
+def as_time(t: Tensor | float, batch: int, like: Tensor) -> Tensor:
+    """A 1-D time tensor of length ``batch`` on ``like``'s device and dtype."""
+    t = torch.as_tensor(t, device=like.device, dtype=like.dtype)
+    return t.expand(batch).clone() if t.ndim == 0 else t
+
+
+def check_choice(value: object, allowed: tuple, what: str) -> None:
+    """Raise one clear ``ValueError`` when ``value`` is not among ``allowed``."""
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {', '.join(map(str, allowed))}; got {value!r}")
