@@ -32,7 +32,7 @@ def build(registry: Mapping[str, Callable[..., T]], cfg: Any, kind: str) -> T:
     name = kwargs.pop("name", None)
     if name is None:
         raise ValueError(f"{kind} config needs a 'name' key; valid names: {', '.join(sorted(registry))}")
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:
         raise ValueError(f"unknown {kind} {name!r}; valid names: {', '.join(sorted(registry))}")
     factory = registry[name]
     params = inspect.signature(factory).parameters

@@ -62,6 +62,13 @@ def test_build_passes_keyword_arguments():
         (lambda: VPSDE(importance_sampling=True), "importance_sampling needs weighting='likelihood'"),
         (lambda: VESDE(sigma_min=10.0, sigma_max=1.0), "need 0 < sigma_min < sigma_max"),
         (lambda: nets.MLP(dim=0), "need dim >= 1"),
+        (lambda: nets.UNet(num_classes=0), "num_classes must be >= 1"),
+        (lambda: nets.UNet(norm_groups=0), "norm_groups=0 must divide"),
+        (lambda: DDPM(betas=[[0.1, 0.2], [0.1, 0.2]]), "betas must be a flat list"),
+        (lambda: DDPM(betas=[0.1], beta_schedule="sigmoid"), "beta_schedule must be one of"),
+        (lambda: processes.build({"name": ["ddpm"]}), "unknown process"),
+        (lambda: VPSDE(beta_max=float("inf")), "need 0 <= beta_min < beta_max"),
+        (lambda: VPSDE(weighting="likelihood", importance_sampling="no"), "importance_sampling must be true or false"),
         (lambda: nets.MLP(time_embedding="learned"), "time_embedding must be one of sinusoidal, fourier"),
     ],
 )

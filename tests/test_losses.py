@@ -8,7 +8,7 @@ import torch
 from scipy.integrate import quad
 
 from conftest import PROCESS_FACTORIES
-from genflow.processes import DDPM, PREDICTIONS, VESDE, VPSDE, SubVPSDE
+from genflow.processes import DDPM, PREDICTIONS, VESDE, VPSDE, FlowMatching, SubVPSDE, ot_pairing
 from genflow.testing import GaussianMixture, perturbed
 
 MU, VAR = (0.7, -0.4), 0.3  # single-Gaussian data N(MU, VAR I)
@@ -59,6 +59,7 @@ LOSS_CASES = {
     "subvpsde_likelihood_is": lambda: SubVPSDE(weighting="likelihood", importance_sampling=True),
     "vesde_likelihood_is": lambda: VESDE(weighting="likelihood", importance_sampling=True),
 }
+
 
 
 @pytest.mark.parametrize("name", sorted(LOSS_CASES))
@@ -116,6 +117,33 @@ def test_ddpm_loss_is_ho_l_simple():
     eps = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
     assert torch.equal(seen["t"], n.double())
     assert loss.item() == pytest.approx((eps**2).mean().item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_data_keeps_float32_times(dtype):
+    seen = {}
+
+    def model(x, t):
+        seen["t"] = t
+        return torch.zeros_like(x)
+
+    for process in (DDPM(), VPSDE()):
+        assert torch.isfinite(process.loss(model, torch.randn(256, 2).to(dtype)))
+        assert seen["t"].dtype == torch.float32 and seen["t"].max() <= process.t_max
+
+
+def test_ot_coupling_reaches_the_loss():
+    """With coupling="ot" the regression target pairs each x0 with its OT-assigned noise."""
+    fm = FlowMatching(coupling="ot")
+    x0 = torch.randn(128, 2, generator=torch.Generator().manual_seed(14), dtype=torch.float64) + 3.0
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731  loss = mean |target|^2
+    gen = torch.Generator().manual_seed(15)
+    t = torch.rand(128, generator=gen, dtype=torch.float64)
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    paired = noise[ot_pairing(x0, noise)]
+    expected = ((paired - x0) ** 2).mean()  # velocity target -x0 + eps on the linear path
+    assert fm.loss(zero, x0, generator=torch.Generator().manual_seed(15)).item() == pytest.approx(expected.item(), rel=1e-12)
+    assert t.shape == (128,)
 
 
 def test_class_labels_reach_the_model():

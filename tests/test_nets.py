@@ -31,7 +31,8 @@ def small_unet(**kw) -> nets.UNet:
 def test_cifar10_config_matches_ho_et_al_parameter_count():
     net = nets.build(OmegaConf.load(CONFIGS / "model" / "unet_cifar10.yaml"))
     count = sum(p.numel() for p in net.parameters())
-    assert abs(count - 35.7e6) / 35.7e6 < 0.02, count
+    assert abs(count - 35.7e6) / 35.7e6 < 0.02, count  # the issue's bound
+    assert count == 35_746_307  # exactly Ho et al.'s CIFAR-10 model (their reference code)
 
 
 @pytest.mark.parametrize(
@@ -52,8 +53,12 @@ def test_unet_non_square_images():
 
 def test_attention_is_placed_at_the_asked_resolutions():
     net = small_unet(image_size=16, channel_mult=(1, 2, 2), attention_resolutions=(8,))
-    has_attn = [any(isinstance(a, nets.unet.AttentionBlock) for a in level.attns) for level in net.down]
-    assert has_attn == [False, True, False]
+    attn = nets.unet.AttentionBlock
+    assert [any(isinstance(a, attn) for a in level.attns) for level in net.down] == [False, True, False]
+    assert [any(isinstance(a, attn) for a in level.attns) for level in net.up] == [False, True, False]
+    assert [type(m).__name__ for m in net.mid] == ["ResBlock", "AttentionBlock", "ResBlock"]
+    with pytest.raises(ValueError, match=r"attention_resolutions \[15\] not among this UNet's resolutions \[16, 8, 4\]"):
+        small_unet(image_size=16, channel_mult=(1, 2, 2), attention_resolutions=(15,))
 
 
 @pytest.mark.parametrize("make", [lambda: small_unet(), lambda: nets.MLP(dim=4, hidden=32, depth=2)])

@@ -80,6 +80,16 @@ def test_conversions_round_trip_through_the_hub(process, kind):
         torch.testing.assert_close(process.convert(there, x, t, other, kind), pred, rtol=1e-9, atol=1e-9)
 
 
+def test_v_is_salimans_and_ho():
+    """v = alpha eps - sigma x0 (Salimans & Ho 2022, sec. 4), with the paper's VP alpha, sigma."""
+    vp = VPSDE()
+    t = torch.linspace(0.1, 0.9, 5, dtype=torch.float64)
+    a, s = paper_alpha_sigma(vp, t)
+    x0, eps = torch.randn(5, 2, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    torch.testing.assert_close(vp.from_hub(x0, eps, t, "v"), a[:, None] * eps - s[:, None] * x0)
+    torch.testing.assert_close(vp.from_hub(x0, eps, t, "score"), -eps / s[:, None])
+
+
 def test_velocity_equals_probability_flow_drift(process):
     """E[alpha' x0 + sigma' eps | x] = f x - g^2/2 * score (Song et al. 2021, eq. 13)."""
     oracle = GaussianMixture.isotropic([[-1.0, 0.5], [1.5, -0.5]], [0.4, 0.7])
@@ -142,11 +152,13 @@ def test_drift_and_diffusion_reproduce_the_marginal_variance(name):
 
 def test_prior_matches_the_path_end(process):
     """The prior is N(0, sigma(t_max)^2): its samples have that spread, its log-density is Gaussian."""
-    x = process.prior_sample((50_000, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    s = process.prior_std()
+    t_end = torch.tensor([process.t_max], dtype=torch.float64)
+    s = float(paper_alpha_sigma(process, t_end)[1])  # the papers' sigma at the end, not the code's
+    assert process.prior_std() == pytest.approx(s, rel=1e-12)
+    x = process.prior_sample((50_000, 1, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     assert x.std().item() == pytest.approx(s, rel=0.01)
     scale = torch.tensor(s, dtype=torch.float64)
-    expected = torch.distributions.Normal(torch.zeros_like(scale), scale).log_prob(x).sum(1)
+    expected = torch.distributions.Normal(torch.zeros_like(scale), scale).log_prob(x).sum((1, 2))
     torch.testing.assert_close(process.prior_log_prob(x), expected, rtol=1e-12, atol=1e-10)
 
 
@@ -228,7 +240,10 @@ def test_ot_coupling_only_permutes_the_noise():
     x0 = torch.randn(64, 1, 2, 2, generator=gen) * 0.2 + 3.0
     noise = torch.randn(64, 1, 2, 2, generator=gen)
     paired = fm.couple(x0, noise)
-    assert torch.equal(paired.flatten().sort().values, noise.flatten().sort().values)
-    before = ((x0 - noise) ** 2).sum()
-    after = ((x0 - paired) ** 2).sum()
-    assert after <= before
+    from scipy.optimize import linear_sum_assignment
+
+    cost = torch.cdist(x0.flatten(1).double(), noise.flatten(1).double()) ** 2
+    _, cols = linear_sum_assignment(cost.numpy())
+    assert torch.equal(paired, noise[torch.from_numpy(cols)])  # exactly the optimal assignment
+    assert ((x0 - paired) ** 2).sum() < ((x0 - noise) ** 2).sum()
+    assert torch.equal(FlowMatching().couple(x0, noise), noise)

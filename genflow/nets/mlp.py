@@ -52,7 +52,7 @@ class MLP(nn.Module):
         self.dim = dim
         emb_dim = hidden
         self.time_embed = TimeEmbedding(hidden + hidden % 2, emb_dim, time_embedding, time_scale)
-        self.class_embed = ClassEmbedding(num_classes, emb_dim) if num_classes else None
+        self.class_embed = ClassEmbedding(num_classes, emb_dim) if num_classes is not None else None
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(ResidualMLPBlock(hidden, emb_dim, dropout) for _ in range(depth))
         self.norm_out = nn.LayerNorm(hidden)

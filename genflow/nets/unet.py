@@ -103,18 +103,21 @@ class UNet(nn.Module):
         widths = [channels * m for m in channel_mult]
         if not widths or num_res_blocks < 1 or min(widths) < 1:
             raise ValueError("need at least one level, channels >= 1 and num_res_blocks >= 1")
-        if any(w % norm_groups for w in [channels, *widths]):
+        if norm_groups < 1 or any(w % norm_groups for w in [channels, *widths]):
             raise ValueError(f"norm_groups={norm_groups} must divide every level width {[channels, *widths]}")
         self.in_channels = in_channels
         emb_dim = 4 * channels
         self.time_embed = TimeEmbedding(channels, emb_dim, time_embedding, time_scale)
-        self.class_embed = ClassEmbedding(num_classes, emb_dim) if num_classes else None
+        self.class_embed = ClassEmbedding(num_classes, emb_dim) if num_classes is not None else None
         self.conv_in = nn.Conv2d(in_channels, channels, 3, padding=1)
         args = dict(emb_dim=emb_dim, dropout=dropout, groups=norm_groups)
 
         resolutions = [image_size]
         for _ in widths[1:]:
             resolutions.append((resolutions[-1] + 1) // 2)
+        unreachable = sorted(set(attention_resolutions) - set(resolutions))
+        if unreachable:
+            raise ValueError(f"attention_resolutions {unreachable} not among this UNet's resolutions {resolutions}")
         skips, cur = [channels], channels
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         for i, w in enumerate(widths):
@@ -126,7 +129,7 @@ class UNet(nn.Module):
             self.downsample.append(nn.Identity() if last else nn.Conv2d(w, w, 3, stride=2, padding=1))
             if not last:
                 skips.append(w)
-        self.mid = Level([cur, cur], cur, attn=True, **args)
+        self.mid = nn.ModuleList([ResBlock(cur, cur, **args), AttentionBlock(cur, norm_groups), ResBlock(cur, cur, **args)])
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i, w in reversed(list(enumerate(widths))):
             cins = []
@@ -151,8 +154,8 @@ class UNet(nn.Module):
             if not isinstance(down, nn.Identity):
                 h = down(h)
                 hs.append(h)
-        for block, attn in zip(self.mid.blocks, self.mid.attns):
-            h = attn(block(h, emb))
+        first, attn, second = self.mid  # ResBlock -> attention -> ResBlock (Ho et al.)
+        h = second(attn(first(h, emb)), emb)
         for level, up in zip(self.up, self.upsample):
             for block, attn in zip(level.blocks, level.attns):
                 h = attn(block(torch.cat([h, hs.pop()], dim=1), emb))

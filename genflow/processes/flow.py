@@ -34,7 +34,7 @@ def ot_pairing(x0: Tensor, noise: Tensor) -> Tensor:
     b = noise.detach().reshape(noise.shape[0], -1).double().cpu()
     cost = torch.cdist(a, b) ** 2
     n = a.shape[0]
-    plan = ot.emd(np.full(n, 1.0 / n), np.full(n, 1.0 / n), cost.numpy())
+    plan = ot.emd(np.full(n, 1.0 / n), np.full(n, 1.0 / n), cost.numpy(), numItermax=max(100_000, 50 * n * n))
     perm = torch.from_numpy(plan.argmax(axis=1))
     if len(torch.unique(perm)) != n:  # pragma: no cover - a degenerate, non-vertex solution
         from scipy.optimize import linear_sum_assignment
@@ -55,6 +55,7 @@ class FlowMatching(GaussianPath):
 
     predictions = ("velocity",)
     loss_space = "velocity"
+    has_reverse_sde = False
 
     def __init__(self, coupling: str = "independent", sigma_min: float = 0.0, prediction: str = "velocity") -> None:
         super().__init__(prediction)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from genflow.processes.base import GaussianPath, PathCoefficients
+from genflow.processes.base import GaussianPath, PathCoefficients, time_dtype
 from genflow.utils import check_choice
 
 WEIGHTINGS = ("sigma2", "likelihood")
@@ -36,6 +36,8 @@ class ScoreSDE(GaussianPath):
         if not 0.0 < eps < 1.0:
             raise ValueError(f"eps must lie in (0, 1); got {eps!r}")
         check_choice(weighting, WEIGHTINGS, "weighting")
+        if not isinstance(importance_sampling, bool):
+            raise ValueError(f"importance_sampling must be true or false; got {importance_sampling!r}")
         if importance_sampling and weighting != "likelihood":
             raise ValueError("importance_sampling needs weighting='likelihood'")
         self.t_min, self.t_max = float(eps), 1.0
@@ -77,7 +79,8 @@ class ScoreSDE(GaussianPath):
         # weight = g^2/sigma^2 / (q(t) (1 - eps)): the same objective as uniform t, unbiased.
         q = dF / dt / cdf[-1]
         weight = self.likelihood_weight(t) / (q * (self.t_max - self.t_min))
-        return t.to(like.device, like.dtype), weight.to(like.device, like.dtype)
+        dtype = time_dtype(like)
+        return t.to(like.device, dtype), weight.to(like.device, dtype)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.t_min}, weighting={self.weighting!r}, prediction={self.prediction!r})"
@@ -87,7 +90,7 @@ class _LinearBetaSDE(ScoreSDE):
     """Shared by VP and sub-VP: beta(t) = beta_min + t (beta_max - beta_min)."""
 
     def __init__(self, beta_min, beta_max, eps, prediction, weighting, importance_sampling):
-        if not 0.0 <= beta_min < beta_max:
+        if not 0.0 <= beta_min < beta_max < math.inf:
             raise ValueError(f"need 0 <= beta_min < beta_max; got beta_min={beta_min!r}, beta_max={beta_max!r}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         super().__init__(prediction, eps, weighting, importance_sampling)
@@ -154,7 +157,7 @@ class VESDE(ScoreSDE):
         weighting: str = "sigma2",
         importance_sampling: bool = False,
     ) -> None:
-        if not 0.0 < sigma_min < sigma_max:
+        if not 0.0 < sigma_min < sigma_max < math.inf:
             raise ValueError(f"need 0 < sigma_min < sigma_max; got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self._log_ratio = math.log(sigma_max / sigma_min)
