@@ -12,3 +12,8 @@ from genflow.utils import append_dims
 __version__ = "0.1.0"
 
 __all__ = ["__version__", "append_dims", "nets", "processes", "testing"]
+
+from genflow import samplers  # noqa: E402
+from genflow.samplers import encode, sample  # noqa: E402
+
+__all__ += ["encode", "sample", "samplers"]

@@ -49,6 +49,11 @@ class Denoised:
     eps: Tensor
 
 
+def time_dtype(like: Tensor) -> torch.dtype:
+    """Times are never coarser than float32 (bf16 cannot even hold step 999)."""
+    return torch.promote_types(like.dtype, torch.float32)
+
+
 class GaussianPath(ABC):
     """Base of every process: x_t = alpha(t) x0 + sigma(t) eps on t in [t_min, t_max]."""
 
@@ -58,6 +63,8 @@ class GaussianPath(ABC):
     loss_space: str = "eps"
     #: True when the native time is an integer step (DDPM).
     discrete: bool = False
+    #: False for flows: their g^2 blows up at t_max, so only deterministic samplers apply.
+    has_reverse_sde: bool = True
     t_min: float = 0.0
     t_max: float = 1.0
 
@@ -75,6 +82,10 @@ class GaussianPath(ABC):
 
     def sigma(self, t: Tensor) -> Tensor:
         return self.coefficients(t).sigma
+
+    def kinks(self) -> Tensor | None:
+        """Interior times where alpha' or sigma' jump (adaptive ODE solvers restart there); None if smooth."""
+        return None
 
     def log_snr(self, t: Tensor) -> Tensor:
         """lambda(t) = log(alpha^2 / sigma^2), decreasing from data to noise."""
@@ -183,7 +194,7 @@ class GaussianPath(ABC):
         self, batch: int, *, generator: torch.Generator | None, like: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Times t ~ U[t_min, t_max] for a training batch and their loss weights (ones)."""
-        u = torch.rand(batch, generator=generator, device=like.device, dtype=like.dtype)
+        u = torch.rand(batch, generator=generator, device=like.device, dtype=time_dtype(like))
         return self.t_min + (self.t_max - self.t_min) * u, torch.ones_like(u)
 
     def couple(self, x0: Tensor, noise: Tensor) -> Tensor:

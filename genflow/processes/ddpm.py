@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from genflow.processes.base import GaussianPath, PathCoefficients
+from genflow.processes.base import GaussianPath, PathCoefficients, time_dtype
 from genflow.utils import check_choice
 
 BETA_SCHEDULES = ("linear", "cosine")
@@ -56,8 +56,11 @@ class DDPM(GaussianPath):
         betas: Sequence[float] | None = None,
     ) -> None:
         super().__init__(prediction)
+        check_choice(beta_schedule, BETA_SCHEDULES, "beta_schedule")
         if betas is not None:
             betas_t = torch.as_tensor(list(betas), dtype=torch.float64)
+            if betas_t.ndim != 1:
+                raise ValueError(f"betas must be a flat list of numbers; got shape {tuple(betas_t.shape)}")
             if timesteps is not None and timesteps != len(betas_t):
                 raise ValueError(f"timesteps={timesteps} disagrees with the {len(betas_t)} betas given")
             timesteps = len(betas_t)
@@ -65,7 +68,6 @@ class DDPM(GaussianPath):
             timesteps = 1000 if timesteps is None else timesteps
             if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1:
                 raise ValueError(f"timesteps must be an integer >= 1; got {timesteps!r}")
-            check_choice(beta_schedule, BETA_SCHEDULES, "beta_schedule")
             if beta_schedule == "linear":
                 for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
                     if not 0.0 < value < 1.0:
@@ -94,6 +96,10 @@ class DDPM(GaussianPath):
             self._tables[key] = (la.to(like.device, like.dtype), slope.to(like.device, like.dtype))
         return self._tables[key]
 
+    def kinks(self) -> Tensor | None:
+        """The interior integer steps, where the extension's slope changes."""
+        return torch.arange(1, self.timesteps - 1, dtype=torch.float64) if self.timesteps > 2 else None
+
     def log_alpha_bar(self, t: Tensor) -> Tensor:
         """log abar at (possibly fractional) step t, linear in t between integer steps."""
         return self._log_alpha_bar_and_slope(t)[0]
@@ -102,7 +108,7 @@ class DDPM(GaussianPath):
         la, slope = self._table(t)
         if self.timesteps == 1:
             return la[0].expand_as(t), torch.zeros_like(t)
-        k = t.detach().floor().clamp(0, self.timesteps - 2).long()
+        k = t.detach().double().floor().long().clamp(0, self.timesteps - 2)
         w = t - k.to(t.dtype)
         return la[k] + w * slope[k], slope[k]
 
@@ -120,7 +126,8 @@ class DDPM(GaussianPath):
     def training_times(self, batch: int, *, generator: torch.Generator | None, like: Tensor):
         """n ~ U{0, ..., T-1} (Ho et al. Alg. 1), unit weight."""
         n = torch.randint(0, self.timesteps, (batch,), generator=generator, device=like.device)
-        return n.to(like.dtype), torch.ones(batch, device=like.device, dtype=like.dtype)
+        dtype = time_dtype(like)
+        return n.to(dtype), torch.ones(batch, device=like.device, dtype=dtype)
 
     def __repr__(self) -> str:
         return f"DDPM(timesteps={self.timesteps}, beta_schedule={self.beta_schedule!r}, prediction={self.prediction!r})"

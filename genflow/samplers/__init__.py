@@ -1,0 +1,121 @@
+"""Samplers: one name -> class dict, one entry point, and deterministic inversion.
+
+    x = genflow.sample(model, process, sampler="ddim", steps=50, shape=(16, 2), generator=g)
+    result = genflow.samplers.run(...)      # SampleResult(samples, nfe)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from genflow.processes.base import GaussianPath
+from genflow.samplers.common import CountingModel, NoiseSource, SampleResult, check_steps, full_time, time_grid
+from genflow.samplers.ddim import DDIM, DDPMAncestral, ddim_step
+from genflow.samplers.ode import ODE, integrate
+from genflow.samplers.sde import EulerMaruyama, PredictorCorrector
+
+SAMPLERS: dict[str, type] = {
+    "ddpm": DDPMAncestral,
+    "ddim": DDIM,
+    "euler_maruyama": EulerMaruyama,
+    "pc": PredictorCorrector,
+    "ode": ODE,
+}
+
+
+def make(sampler: str, steps: int, **options: Any):
+    """Build a sampler by name, refusing unknown names and options with one clear line."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; valid names: {', '.join(SAMPLERS)}")
+    cls = SAMPLERS[sampler]
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name != "steps"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"sampler {sampler!r} takes no option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+    return cls(steps=steps, **options)
+
+
+def _progress(enabled: bool, desc: str) -> Callable:
+    return (lambda it: tqdm(it, desc=desc, leave=False)) if enabled else (lambda it: it)
+
+
+def run(
+    model: Callable[..., Tensor],
+    process: GaussianPath,
+    *,
+    sampler: str = "ddim",
+    steps: int = 50,
+    noise: Tensor | None = None,
+    shape: tuple[int, ...] | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    cond: dict | None = None,
+    seed_offset: int = 0,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **options: Any,
+) -> SampleResult:
+    """Sample from ``model`` under ``process``; returns the samples and the NFE used.
+
+    ``noise`` is the starting point at t_max (else drawn from the prior with ``shape``). Every
+    random draw is per sample (``NoiseSource``), so a sample does not depend on the batch size;
+    ``seed_offset`` continues the numbering when a large set is drawn in batches.
+    """
+    algo = make(sampler, steps, **options)
+    algo.check(process)
+    if (noise is None) == (shape is None):
+        raise ValueError("give exactly one of noise= (the starting point) or shape=")
+    if noise is None:
+        dtype = dtype or torch.get_default_dtype()
+        device = torch.device(device or "cpu")
+        source = NoiseSource.from_generator(shape[0], generator, device, dtype, seed_offset)
+        x = process.prior_std() * source.randn(tuple(shape[1:]))
+    else:
+        x = noise
+        source = NoiseSource.from_generator(x.shape[0], generator, x.device, x.dtype, seed_offset)
+    net = CountingModel(model, process, cond or {})
+    with torch.no_grad():
+        out = algo(net, process, x, source, _progress(progress, sampler))
+    return SampleResult(samples=out, nfe=net.nfe)
+
+
+def sample(model, process, *, sampler: str = "ddim", steps: int = 50, noise=None, shape=None, generator=None,
+           progress: bool = False, **options) -> Tensor:
+    """``run(...)`` returning only the samples (DESIGN.md's ``genflow.sample``)."""
+    return run(model, process, sampler=sampler, steps=steps, noise=noise, shape=shape, generator=generator,
+               progress=progress, **options).samples
+
+
+def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", steps: int = 50,
+           spacing: str = "linspace", method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+           cond: dict | None = None) -> Tensor:
+    """Deterministic inversion, data -> noise: DDIM run backwards (eta = 0) or the PF-ODE forwards.
+
+    ``sample(..., noise=encode(...), denoise=False)`` with the same settings decodes it again.
+    """
+    if sampler not in ("ddim", "ode"):
+        raise ValueError(f"encode takes sampler 'ddim' or 'ode'; got {sampler!r}")
+    check_steps(steps)
+    net = CountingModel(model, process, cond or {})
+    with torch.no_grad():
+        if sampler == "ode":
+            return integrate(net, x0, process.t_min, process.t_max, method=method, steps=steps, rtol=rtol, atol=atol,
+                             kinks=process.kinks())
+        grid = time_grid(process, steps, spacing).flip(0).tolist()
+        x = x0
+        for t, s in zip(grid[:-1], grid[1:]):
+            hub = net.denoise(x, full_time(t, x))
+            x = ddim_step(process, hub.x0, hub.eps, full_time(t, x), full_time(s, x), 0.0, None)
+    return x
+
+
+__all__ = [
+    "DDIM", "ODE", "SAMPLERS", "DDPMAncestral", "EulerMaruyama", "NoiseSource", "PredictorCorrector",
+    "SampleResult", "encode", "make", "run", "sample", "time_grid",
+]

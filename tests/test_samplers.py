@@ -1,0 +1,213 @@
+"""Samplers against exact answers: the single-Gaussian PF-ODE solution, paper formulas, moments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import genflow
+from genflow.processes import DDPM, VESDE, VPSDE, FlowMatching, SubVPSDE
+from genflow.samplers import SAMPLERS, run, time_grid
+from genflow.testing import GaussianMixture
+
+MU, VAR = torch.tensor([0.5, -1.0], dtype=torch.float64), 0.25
+F64 = dict(dtype=torch.float64)
+
+
+def gaussian() -> GaussianMixture:
+    return GaussianMixture.isotropic([MU.tolist()], [VAR**0.5])
+
+
+def exact_flow(process, x: torch.Tensor, t: float, s: float) -> torch.Tensor:
+    """The PF-ODE for N(mu, v I) data keeps (x - alpha mu) / sqrt(alpha^2 v + sigma^2) constant."""
+    ct, cs = (process.coefficients(torch.tensor([u], **F64)) for u in (t, s))
+    scale = torch.sqrt((cs.alpha**2 * VAR + cs.sigma**2) / (ct.alpha**2 * VAR + ct.sigma**2))
+    return cs.alpha * MU + scale * (x - ct.alpha * MU)
+
+
+def start(n: int = 256, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    return scale * torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), **F64)
+
+
+PROCESSES = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE, "flow": FlowMatching, "ddpm": lambda: DDPM(timesteps=1000)}
+
+
+def fitted_order(steps, errors) -> float:
+    return -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+
+
+@pytest.mark.parametrize("name", ["vpsde", "subvpsde", "vesde", "flow"])
+@pytest.mark.parametrize("sampler", ["ddim", "euler"])
+def test_first_order_convergence_to_the_exact_ode_solution(name, sampler):
+    process = PROCESSES[name]()
+    model = gaussian().model(process)
+    x = start(scale=process.prior_std())
+    target = exact_flow(process, x, process.t_max, process.t_min)
+    steps, errors = [20, 40, 80, 160], []
+    for n in steps:
+        if sampler == "ddim":
+            out = run(model, process, sampler="ddim", steps=n + 1, noise=x, denoise=False).samples
+        else:
+            out = run(model, process, sampler="ode", method="euler", steps=n, noise=x, denoise=False).samples
+        errors.append((out - target).abs().max().item())
+    order = fitted_order(steps, errors)
+    print(f"{name} {sampler}: errors {errors}, fitted order {order:.2f}")
+    assert 0.8 < order < 1.3, (errors, order)
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_dopri5_matches_the_exact_ode_solution(name):
+    process = PROCESSES[name]()
+    model = gaussian().model(process)
+    x = start(scale=process.prior_std())
+    result = run(model, process, sampler="ode", noise=x, rtol=1e-7, atol=1e-7, denoise=False)
+    target = exact_flow(process, x, process.t_max, process.t_min)
+    assert (result.samples - target).abs().max().item() < 1e-5
+    assert result.nfe > 0
+
+
+def test_ddim_step_equals_the_paper_formula():
+    """One DDIM step 999 -> 0 on DDPM, eq. 12 written out with numpy's abar, eta = 0 and eta = 0.7."""
+    ddpm = DDPM()
+    model = gaussian().model(ddpm)
+    x = start(64)
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+    a_t, a_s = abar[999], abar[0]
+    eps = model(x, torch.full((64,), 999.0, **F64))
+    x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+    for eta in (0.0, 0.7):
+        sig = eta * np.sqrt((1 - a_s) / (1 - a_t)) * np.sqrt(1 - a_t / a_s)
+        gen = torch.Generator().manual_seed(3)
+        out = run(model, ddpm, sampler="ddim", steps=2, eta=eta, noise=x, denoise=False, generator=gen).samples
+        z = genflow.samplers.NoiseSource.from_generator(64, torch.Generator().manual_seed(3), x.device, x.dtype).randn((2,))
+        expected = np.sqrt(a_s) * x0 + np.sqrt(1 - a_s - sig**2) * eps + sig * z
+        torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_ddim_eta_one_is_ddpm_ancestral():
+    """DDIM with eta = 1 samples DDPM's posterior (DDIM paper, sec. 4.1): identical given the noise."""
+    ddpm = DDPM(timesteps=100)
+    model = GaussianMixture.isotropic([[-1.0, 0.0], [1.0, 0.5]], [0.3, 0.2]).model(ddpm)
+    kw = dict(steps=100, shape=(128, 2), dtype=torch.float64)
+    a = run(model, ddpm, sampler="ddim", eta=1.0, generator=torch.Generator().manual_seed(4), **kw)
+    b = run(model, ddpm, sampler="ddpm", generator=torch.Generator().manual_seed(4), **kw)
+    torch.testing.assert_close(a.samples, b.samples, rtol=1e-9, atol=1e-9)
+    assert a.nfe == b.nfe == 100
+
+
+def test_ddpm_ancestral_step_is_ho_algorithm_2():
+    """x_{n-1} = (x_n - beta_n / sqrt(1 - abar_n) eps) / sqrt(alpha_n) + sigma_n z, sigma_n^2 = beta_n."""
+    ddpm = DDPM(timesteps=2, betas=[0.1, 0.3])
+    model = gaussian().model(ddpm)
+    x = start(32)
+    out = run(model, ddpm, sampler="ddpm", steps=2, variance="beta", noise=x, generator=torch.Generator().manual_seed(5))
+    eps1 = model(x, torch.ones(32, **F64))
+    z = genflow.samplers.NoiseSource.from_generator(32, torch.Generator().manual_seed(5), x.device, x.dtype).randn((2,))
+    abar1 = 0.9 * 0.7
+    x_prev = (x - 0.3 / np.sqrt(1 - abar1) * eps1) / np.sqrt(0.7) + np.sqrt(0.3) * z
+    eps0 = model(x_prev, torch.zeros(32, **F64))
+    expected = (x_prev - np.sqrt(0.1) * eps0) / np.sqrt(0.9)  # the last step returns x0 (z = 0)
+    torch.testing.assert_close(out.samples, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    "name,sampler,options",
+    [
+        ("ddpm", "ddpm", dict(steps=1000)),
+        ("ddpm", "ddpm", dict(steps=1000, variance="beta")),
+        ("ddpm", "ddim", dict(steps=200, eta=1.0)),
+        ("vpsde", "euler_maruyama", dict(steps=500)),
+        ("vesde", "euler_maruyama", dict(steps=500)),
+        ("vpsde", "pc", dict(steps=300)),
+        ("subvpsde", "pc", dict(steps=300, predictor="euler_maruyama")),
+        ("vesde", "pc", dict(steps=300)),
+        ("ddpm", "euler_maruyama", dict(steps=500)),
+    ],
+)
+def test_stochastic_samplers_recover_the_moments(name, sampler, options):
+    process = PROCESSES[name]()
+    n = 3000
+    out = genflow.sample(gaussian().model(process), process, sampler=sampler, shape=(n, 2), dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(6), **options)
+    se_mean = (VAR / n) ** 0.5
+    se_var = VAR * (2 / n) ** 0.5
+    assert bool(((out.mean(0) - MU).abs() < 5 * se_mean + 0.01).all()), out.mean(0)
+    assert bool(((out.var(0) - VAR).abs() < 5 * se_var + 0.01).all()), out.var(0)
+
+
+@pytest.mark.parametrize("sampler,tol", [("ode", 1e-4), ("ddim", 0.1)])  # DDIM inversion at 100 steps: 0.04-0.08 measured
+@pytest.mark.parametrize("name", ["vpsde", "flow", "ddpm"])
+def test_encode_then_decode_reconstructs(name, sampler, tol):
+    process = PROCESSES[name]()
+    oracle = GaussianMixture.isotropic([[-1.0, 0.0], [1.0, 0.5]], [0.3, 0.2])
+    model = oracle.model(process)
+    x0 = oracle.sample(128, generator=torch.Generator().manual_seed(7))
+    kw = dict(rtol=1e-7, atol=1e-7) if sampler == "ode" else {}
+    z = genflow.encode(model, process, x0, sampler=sampler, steps=100, **kw)
+    back = genflow.sample(model, process, sampler=sampler, steps=100, noise=z, denoise=False, **kw)
+    err = (back - x0).abs().max().item()
+    print(f"encode/decode {name} {sampler}: max error {err:.2e}")
+    assert err < tol
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_reproducible_and_independent_of_batch_size(sampler):
+    process = DDPM(timesteps=50) if sampler == "ddpm" else VPSDE()
+    model = GaussianMixture.isotropic([[-1.0, 0.0], [1.0, 0.5]], [0.3, 0.2]).model(process)
+    opts = dict(sampler=sampler, steps=20, dtype=torch.float64)
+    if sampler == "ddim":
+        opts["eta"] = 0.5
+    if sampler == "ode":  # an adaptive solver's step size depends on the whole batch; fixed steps do not
+        opts["method"] = "rk4"
+    big = genflow.sample(model, process, shape=(8, 2), generator=torch.Generator().manual_seed(8), **opts)
+    again = genflow.sample(model, process, shape=(8, 2), generator=torch.Generator().manual_seed(8), **opts)
+    small = genflow.sample(model, process, shape=(4, 2), generator=torch.Generator().manual_seed(8), **opts)
+    rest = genflow.sample(model, process, shape=(4, 2), generator=torch.Generator().manual_seed(8), seed_offset=4, **opts)
+    assert torch.equal(big, again)
+    torch.testing.assert_close(small, big[:4], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(rest, big[4:], rtol=1e-12, atol=1e-12)
+
+
+def test_nfe_is_counted():
+    vp, ddpm = VPSDE(), DDPM(timesteps=100)
+    model = gaussian().model(vp)
+    kw = dict(shape=(4, 2), dtype=torch.float64)
+    assert run(model, vp, sampler="ddim", steps=10, **kw).nfe == 10
+    assert run(model, vp, sampler="euler_maruyama", steps=10, **kw).nfe == 11
+    assert run(model, vp, sampler="pc", steps=10, corrector_steps=2, **kw).nfe == 31
+    assert run(model, vp, sampler="ode", method="rk4", steps=10, **kw).nfe == 41
+    assert run(gaussian().model(ddpm), ddpm, sampler="ddpm", steps=100, **kw).nfe == 100
+
+
+def test_time_grids():
+    ddpm = DDPM(timesteps=1000)
+    assert time_grid(ddpm, 10, "leading").tolist() == list(range(900, -1, -100))
+    assert time_grid(ddpm, 10, "trailing").tolist() == list(range(999, 0, -100))
+    assert time_grid(ddpm, 4, "linspace").tolist() == [999, 666, 333, 0]
+    quad = time_grid(ddpm, 5, "quadratic").tolist()  # DDIM code: int(linspace(0, sqrt(800), n)^2)
+    assert quad == [int(v) for v in (np.linspace(0, np.sqrt(800), 5) ** 2)][::-1]
+    vp = time_grid(VPSDE(eps=1e-3), 3)
+    torch.testing.assert_close(vp, torch.tensor([1.0, 0.5005, 1e-3], **F64))
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda m, p: genflow.sample(m, p, sampler="dpm", shape=(2, 2)), "unknown sampler 'dpm'; valid names: ddpm, ddim"),
+        (lambda m, p: genflow.sample(m, p, steps=0, shape=(2, 2)), "steps must be an integer >= 1; got 0"),
+        (lambda m, p: genflow.sample(m, DDPM(timesteps=10), steps=11, shape=(2, 2)), "steps=11 exceeds the 10 steps"),
+        (lambda m, p: genflow.sample(m, p, sampler="ode", snr=0.1, shape=(2, 2)), "takes no option\\(s\\) snr; allowed: method"),
+        (lambda m, p: genflow.sample(m, FlowMatching(), sampler="ddpm", shape=(2, 2)), "cannot run on FlowMatching"),
+        (lambda m, p: genflow.sample(m, FlowMatching(), sampler="pc", shape=(2, 2)), "a flow has no reverse-time SDE"),
+        (lambda m, p: genflow.sample(m, p, sampler="ddpm", shape=(2, 2)), "ancestral steps need DDPM"),
+        (lambda m, p: genflow.sample(m, p, sampler="ode", method="magic", shape=(2, 2)), "method must be one of"),
+        (lambda m, p: genflow.sample(m, p, spacing="trailing", shape=(2, 2)), "continuous processes take linspace"),
+        (lambda m, p: genflow.sample(m, p), "exactly one of noise= .* or shape="),
+        (lambda m, p: genflow.encode(m, p, torch.zeros(2, 2), sampler="pc"), "encode takes sampler 'ddim' or 'ode'"),
+    ],
+)
+def test_bad_sampler_input(call, match):
+    vp = VPSDE()
+    with pytest.raises(ValueError, match=match):
+        call(gaussian().model(vp), vp)
