@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from genflow.processes.base import GaussianPath
-from genflow.samplers.common import CountingModel, NoiseSource, check_steps, full_time, refuse, time_grid
+from genflow.samplers.common import CountingModel, NoiseSource, full_time, refuse, time_grid
 from genflow.utils import append_dims, check_choice
 
 
@@ -49,7 +49,7 @@ class DDIM:
 
 def ddim_step(process, x0: Tensor, eps: Tensor, t: Tensor, s: Tensor, eta: float, noise: NoiseSource) -> Tensor:
     """One step of DDIM eq. 12 from t to s < t; c^2 = eta^2 sigma_s^2 (1 - SNR_t / SNR_s)."""
-    ct, cs = process.coefficients(t), process.coefficients(s)
+    cs = process.coefficients(s)
     a_s, s_s = append_dims(cs.alpha, x0.ndim), append_dims(cs.sigma, x0.ndim)
     x = a_s * x0
     if eta == 0:
@@ -75,7 +75,6 @@ class DDPMAncestral:
         check_choice(self.variance, ("beta", "beta_tilde"), "variance")
         if not process.discrete:
             raise refuse("ddpm", process, "ancestral steps need DDPM's discrete chain; use ddim with eta=1")
-        check_steps(self.steps, process)
         time_grid(process, self.steps, self.spacing)
 
     def __call__(self, net: CountingModel, process: GaussianPath, x: Tensor, noise: NoiseSource, progress) -> Tensor:

@@ -15,11 +15,15 @@ FIXED_GRID_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_ad
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
 
 
+def check_method(method: str) -> None:
+    if method not in FIXED_GRID_METHODS + ADAPTIVE_METHODS:
+        raise ValueError(f"method must be one of {', '.join(FIXED_GRID_METHODS + ADAPTIVE_METHODS)}; got {method!r}")
+
+
 def integrate(net: CountingModel, x: Tensor, t0: float, t1: float, *, method: str, steps: int, rtol: float,
               atol: float, kinks: Tensor | None = None) -> Tensor:
     """Solve dx/dt = velocity(x, t) from t0 to t1; fixed-step methods use ``steps`` uniform steps."""
-    if method not in FIXED_GRID_METHODS + ADAPTIVE_METHODS:
-        raise ValueError(f"method must be one of {', '.join(FIXED_GRID_METHODS + ADAPTIVE_METHODS)}; got {method!r}")
+    check_method(method)
     n = steps + 1 if method in FIXED_GRID_METHODS else 2
     ts = torch.linspace(t0, t1, n, dtype=torch.float64).to(x.device, x.dtype)
 
@@ -49,8 +53,7 @@ class ODE:
         check_steps(self.steps)
         if self.rtol <= 0 or self.atol <= 0:
             raise ValueError(f"rtol and atol must be > 0; got {self.rtol}, {self.atol}")
-        if self.method not in FIXED_GRID_METHODS + ADAPTIVE_METHODS:
-            raise ValueError(f"method must be one of {', '.join(FIXED_GRID_METHODS + ADAPTIVE_METHODS)}; got {self.method!r}")
+        check_method(self.method)
 
     def __call__(self, net: CountingModel, process, x: Tensor, noise: NoiseSource, progress) -> Tensor:
         x = integrate(net, x, process.t_max, process.t_min, method=self.method, steps=self.steps, rtol=self.rtol,
