@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import genflow
+from genflow.metrics import sliced_wasserstein
 from genflow.processes import DDPM, VESDE, VPSDE, FlowMatching, SubVPSDE
 from genflow.samplers import SAMPLERS, run, time_grid
 from genflow.testing import GaussianMixture
@@ -134,6 +135,50 @@ def test_stochastic_samplers_recover_the_moments(name, sampler, options):
     se_var = VAR * (2 / n) ** 0.5
     assert bool(((out.mean(0) - MU).abs() < 5 * se_mean + 0.01).all()), out.mean(0)
     assert bool(((out.var(0) - VAR).abs() < 5 * se_var + 0.01).all()), out.var(0)
+
+
+def ring() -> GaussianMixture:
+    """Eight modes (std 0.15) on a circle of radius 2: far from Gaussian, exact score known."""
+    angles = torch.arange(8, dtype=torch.float64) * (2 * np.pi / 8)
+    return GaussianMixture.isotropic(torch.stack([2 * angles.cos(), 2 * angles.sin()], 1), [0.15] * 8)
+
+
+RING_N = 2000
+
+
+def ring_sw(samples: torch.Tensor, reference: torch.Tensor) -> float:
+    return sliced_wasserstein(samples, reference, num_projections=512, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def ring_floor():
+    """The reference set, and the largest SW a sampler may show: mean + 2.5 sd of SW between
+    independent true sets of the same size (the sampling-noise floor)."""
+    sets = [ring().sample(RING_N, generator=torch.Generator().manual_seed(100 + i)) for i in range(9)]
+    floors = torch.tensor([ring_sw(other, sets[0]) for other in sets[1:]])
+    return sets[0], float(floors.mean() + 2.5 * floors.std())
+
+
+@pytest.mark.parametrize(
+    "name,sampler,options,good",
+    [
+        ("ddpm", "ddpm", dict(steps=1000), True),
+        ("vpsde", "euler_maruyama", dict(steps=500), True),
+        ("subvpsde", "euler_maruyama", dict(steps=500), True),
+        ("vesde", "pc", dict(steps=200), True),
+        ("vpsde", "pc", dict(steps=200, predictor="euler_maruyama"), True),
+        ("vpsde", "euler_maruyama", dict(steps=10), False),  # the control: too few steps is caught
+    ],
+)
+def test_stochastic_samplers_reach_the_sliced_wasserstein_floor_on_a_mixture(ring_floor, name, sampler, options,
+                                                                                good):
+    reference, limit = ring_floor
+    process = PROCESSES[name]()
+    out = genflow.sample(ring().model(process), process, sampler=sampler, shape=(RING_N, 2), dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(3), **options)
+    distance = ring_sw(out, reference)
+    print(f"{name} {sampler} {options}: SW {distance:.4f}, floor limit {limit:.4f}")
+    assert (distance < limit) == good, (distance, limit)
 
 
 @pytest.mark.parametrize("sampler,tol", [("ode", 1e-4), ("ddim", 0.1)])  # DDIM inversion at 100 steps: 0.04-0.08 measured

@@ -27,8 +27,12 @@ def integrate(net: CountingModel, x: Tensor, t0: float, t1: float, *, method: st
     n = steps + 1 if method in FIXED_GRID_METHODS else 2
     ts = torch.linspace(t0, t1, n, dtype=torch.float64).to(x.device, x.dtype)
 
+    lo, hi = min(t0, t1), max(t0, t1)
+
     def f(t: Tensor, y: Tensor) -> Tensor:
-        return net.velocity(y, t.expand(y.shape[0]))
+        # torchdiffeq's first-step heuristic probes t0 + h0 without clamping h0 to the interval
+        # (h0 ran to t = -23000 on DDPM's 1000-step time axis); keep every evaluation on the path.
+        return net.velocity(y, t.clamp(lo, hi).expand(y.shape[0]))
 
     # Adaptive solvers would otherwise step past t1 and interpolate back, evaluating the model
     # outside the path's interval (alpha > 1 for a flow, abar > 1 for DDPM).
