@@ -105,7 +105,7 @@ class UNet(nn.Module):
             raise ValueError("need at least one level, channels >= 1 and num_res_blocks >= 1")
         if norm_groups < 1 or any(w % norm_groups for w in [channels, *widths]):
             raise ValueError(f"norm_groups={norm_groups} must divide every level width {[channels, *widths]}")
-        self.in_channels = in_channels
+        self.in_channels, self.image_size = in_channels, image_size
         emb_dim = 4 * channels
         self.time_embed = TimeEmbedding(channels, emb_dim, time_embedding, time_scale)
         self.class_embed = ClassEmbedding(num_classes, emb_dim) if num_classes is not None else None

@@ -49,6 +49,11 @@ class Denoised:
     eps: Tensor
 
 
+def uniform_draws(batch: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """``batch`` draws from U[0, 1) on ``like``'s device, in its time dtype."""
+    return torch.rand(batch, generator=generator, device=like.device, dtype=time_dtype(like))
+
+
 def time_dtype(like: Tensor) -> torch.dtype:
     """Times are never coarser than float32 (bf16 cannot even hold step 999)."""
     return torch.promote_types(like.dtype, torch.float32)
@@ -191,26 +196,34 @@ class GaussianPath(ABC):
 
     # ----------------------------------------------------------------- training
     def training_times(
-        self, batch: int, *, generator: torch.Generator | None, like: Tensor
+        self, batch: int, *, generator: torch.Generator | None, like: Tensor, u: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Times t ~ U[t_min, t_max] for a training batch and their loss weights (ones)."""
-        u = torch.rand(batch, generator=generator, device=like.device, dtype=time_dtype(like))
+        """Times t ~ U[t_min, t_max] for a training batch and their loss weights (ones).
+
+        ``u`` (uniform draws in [0, 1), one per example) replaces the generator's draw: a trainer
+        that draws a whole global batch's randomness at once hands each rank its share.
+        """
+        u = uniform_draws(batch, generator, like) if u is None else u.to(like.device, time_dtype(like))
         return self.t_min + (self.t_max - self.t_min) * u, torch.ones_like(u)
 
     def couple(self, x0: Tensor, noise: Tensor) -> Tensor:
         """Pair noise with data; independent by default (flows may pair by optimal transport)."""
         return noise
 
-    def loss(self, model: Model, x0: Tensor, *, generator: torch.Generator | None = None, **cond) -> Tensor:
+    def loss(self, model: Model, x0: Tensor, *, generator: torch.Generator | None = None, u: Tensor | None = None,
+             noise: Tensor | None = None, **cond) -> Tensor:
         """Weighted regression of the model's prediction, measured in ``loss_space``.
 
         eps-space with unit weight is Ho et al.'s L_simple and, for the SDEs, denoising score
         matching with lambda(t) = sigma(t)^2 (Song et al. 2021, eq. 7); velocity-space is the
         conditional flow-matching loss (Lipman et al. 2023, eq. 9). The model's output is read
         in its own parametrization and converted, so the objective does not depend on it.
+        ``u`` (uniform draws that pick t) and ``noise`` may be given instead of drawn from ``generator``.
         """
-        t, weight = self.training_times(x0.shape[0], generator=generator, like=x0)
-        noise = self.couple(x0, torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype))
+        t, weight = self.training_times(x0.shape[0], generator=generator, like=x0, u=u)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noise = self.couple(x0, noise.to(x0))
         xt = self.perturb(x0, t, noise)
         pred = self.convert(model(xt, t, **cond), xt, t, self.prediction, self.loss_space)
         target = self.from_hub(x0, noise, t, self.loss_space)

@@ -123,10 +123,14 @@ class DDPM(GaussianPath):
             d_sigma=-0.5 * dla * alpha**2 / sigma,
         )
 
-    def training_times(self, batch: int, *, generator: torch.Generator | None, like: Tensor):
-        """n ~ U{0, ..., T-1} (Ho et al. Alg. 1), unit weight."""
-        n = torch.randint(0, self.timesteps, (batch,), generator=generator, device=like.device)
+    def training_times(self, batch: int, *, generator: torch.Generator | None, like: Tensor,
+                       u: Tensor | None = None):
+        """n ~ U{0, ..., T-1} (Ho et al. Alg. 1), unit weight; n = floor(u T) for given uniforms u."""
         dtype = time_dtype(like)
+        if u is None:
+            n = torch.randint(0, self.timesteps, (batch,), generator=generator, device=like.device)
+        else:
+            n = (u.to(like.device, torch.float64) * self.timesteps).floor().clamp(max=self.timesteps - 1)
         return n.to(dtype), torch.ones(batch, device=like.device, dtype=dtype)
 
     def __repr__(self) -> str:

@@ -65,14 +65,17 @@ class ScoreSDE(GaussianPath):
             self._is_table = (grid, cdf)
         return self._is_table
 
-    def training_times(self, batch: int, *, generator: torch.Generator | None, like: Tensor):
+    def training_times(self, batch: int, *, generator: torch.Generator | None, like: Tensor,
+                       u: Tensor | None = None):
         if self.weighting == "sigma2":
-            return super().training_times(batch, generator=generator, like=like)
+            return super().training_times(batch, generator=generator, like=like, u=u)
         if not self.importance_sampling:
-            t, _ = super().training_times(batch, generator=generator, like=like)
+            t, _ = super().training_times(batch, generator=generator, like=like, u=u)
             return t, self.likelihood_weight(t)
         grid, cdf = self._importance_table()
-        u = torch.rand(batch, generator=generator, device=like.device, dtype=torch.float64).cpu() * cdf[-1]
+        if u is None:
+            u = torch.rand(batch, generator=generator, device=like.device, dtype=torch.float64)
+        u = u.to("cpu", torch.float64) * cdf[-1]
         i = torch.searchsorted(cdf, u, right=True).clamp(1, len(grid) - 1) - 1
         dt, dF = grid[i + 1] - grid[i], cdf[i + 1] - cdf[i]
         t = grid[i] + (u - cdf[i]) / dF * dt

@@ -1,0 +1,135 @@
+"""The training config: Hydra composition of configs/, checked against a schema before any work.
+
+Group files (``process/``, ``model/``, ``data/``, ``sampler/``) are the plain mappings that each
+kind's ``build(cfg)`` takes, so they are checked by building them; ``trainer`` and the top level
+are checked against the dataclasses below (types and key names).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+GROUPS = ("process", "model", "data", "sampler", "trainer")
+PRECISIONS = ("off", "bf16", "fp16")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run: one line naming what is wrong and what is allowed."""
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 2000                 # optimizer steps in total
+    batch_size: int = 128             # global: split across ranks and micro-batches
+    micro_batches: int = 1            # gradient accumulation: micro-batches per rank and step
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup: int = 100                 # linear learning-rate warm-up steps
+    grad_clip: float = 1.0            # max global gradient norm; 0 turns clipping off
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    precision: str = "off"            # off | bf16 | fp16 (with a grad scaler)
+    seed: int = 0
+    device: str = "auto"              # auto | cuda | cpu
+    num_workers: int = 0              # DataLoader workers per rank
+    log_every: int = 50
+    ckpt_every: int = 500
+    sample_every: int = 1000          # 0: only at the end
+    num_samples: int = 64             # images in each sample grid
+    keep: int = 3                     # step checkpoints kept besides last.pt
+    max_bad_steps: int = 10           # stop after this many non-finite steps in a row
+    progress: bool = True
+
+
+@dataclass
+class Schema:
+    process: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    sampler: dict = field(default_factory=dict)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    run_dir: str | None = None
+
+
+def config_dir() -> Path:
+    """``$GENFLOW_CONFIG_DIR`` or the repository's ``configs/``."""
+    return Path(os.environ.get("GENFLOW_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+
+
+def group_options(group: str, root: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in ((root or config_dir()) / group).glob("*.yaml"))
+
+
+def _one_line(err: Exception) -> str:
+    """Hydra's and OmegaConf's multi-line messages as one line, led by the key at fault."""
+    text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+    text = text.split(" Set the environment variable HYDRA_FULL_ERROR")[0]
+    message, _, rest = text.partition(" full_key: ")
+    key = rest.split(" ")[0] if rest else getattr(err, "full_key", None)
+    return f"{key}: {message}" if key else message
+
+
+def _check_group_choices(overrides: list[str], root: Path) -> None:
+    for item in overrides:
+        key, _, value = item.partition("=")
+        key = key.lstrip("+~")
+        if key in GROUPS and value and value not in group_options(key, root):
+            raise ConfigError(f"unknown {key} option {value!r}; available: {', '.join(group_options(key, root))}")
+
+
+def compose(overrides: list[str], root: Path | None = None) -> dict:
+    """Compose ``config.yaml`` with command-line ``overrides``; returns the checked plain dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+
+    root = (root or config_dir()).resolve()
+    if not (root / "config.yaml").is_file():
+        raise ConfigError(f"no config.yaml in {root}; set GENFLOW_CONFIG_DIR to the configs folder")
+    _check_group_choices(overrides, root)
+    try:
+        with initialize_config_dir(config_dir=str(root), version_base=None, job_name="genflow"):
+            cfg = hydra_compose("config", overrides=overrides)
+        return validate(OmegaConf.to_container(cfg, resolve=True))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def validate(cfg: dict) -> dict:
+    """Check key names and types against ``Schema``; the plain dict with defaults filled in."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Schema), cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_one_line(err)) from None
+    out = OmegaConf.to_container(merged, resolve=True)
+    trainer = TrainerConfig(**out["trainer"])
+    _check_trainer(trainer)
+    return out
+
+
+def _check_trainer(t: TrainerConfig) -> None:
+    positive = ["steps", "batch_size", "micro_batches", "log_every", "ckpt_every", "num_samples", "max_bad_steps"]
+    bad = [f"trainer.{k}={getattr(t, k)}" for k in positive if getattr(t, k) < 1]
+    bad += [f"trainer.{k}={getattr(t, k)}" for k in ("warmup", "sample_every", "keep", "num_workers", "grad_clip",
+                                                     "weight_decay") if getattr(t, k) < 0]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: counts must be >= 1 (warmup, sample_every, keep, num_workers, "
+                          "grad_clip, weight_decay >= 0)")
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}; got {t.precision!r}")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise ConfigError(f"trainer.ema_decay must be in [0, 1); got {t.ema_decay}")
+    if t.lr <= 0:
+        raise ConfigError(f"trainer.lr must be > 0; got {t.lr}")
+
+
+def trainer_config(cfg: dict) -> TrainerConfig:
+    fields = {f.name for f in dataclasses.fields(TrainerConfig)}
+    return TrainerConfig(**{k: v for k, v in cfg["trainer"].items() if k in fields})

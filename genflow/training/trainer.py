@@ -1,0 +1,331 @@
+"""The training loop, split into named phases: build, resume, batch, step, log, sample, save.
+
+Randomness that decides the objective (which examples, their t, noise and flips) is a function
+of (seed, step) and of each example's place in the global batch, never of the rank: a run on W
+ranks takes the same steps as one process with the same global batch, and a resumed run the
+same steps as an uninterrupted one. Each rank's own generator (seeded ``seed * world + rank``)
+serves what is local, such as dropout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from genflow import data as datasets
+from genflow import nets, processes, samplers
+from genflow.processes.base import GaussianPath
+from genflow.training import checkpoint, distributed
+from genflow.training.config import ConfigError, trainer_config
+from genflow.training.ema import EMA
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. too many non-finite steps in a row)."""
+
+
+def model_config(model: dict, process: GaussianPath) -> dict:
+    """Fill ``time_scale: null``: 1 on DDPM's integer steps, 1000 / t_max for continuous time."""
+    model = dict(model)
+    if model.get("time_scale") is None:
+        model["time_scale"] = 1.0 if process.discrete else 1000.0 / process.t_max
+    return model
+
+
+def check_fit(net: torch.nn.Module, data: datasets.Data, model_name: str) -> None:
+    """The net must be made for the data's example shape and, if conditional, its classes."""
+    if hasattr(net, "image_size"):
+        want = (net.in_channels, net.image_size, net.image_size)
+        if tuple(data.shape) != want:
+            raise ConfigError(f"model {model_name!r} expects images {want} (in_channels, image_size, image_size) "
+                              f"but the data are {tuple(data.shape)}; set model.image_size/in_channels to match")
+    elif getattr(net, "dim", None) is not None and net.dim != math.prod(data.shape):
+        raise ConfigError(f"model {model_name!r} takes {net.dim} values per example but the data have shape "
+                          f"{tuple(data.shape)}; set model.dim={math.prod(data.shape)}")
+    classes = getattr(getattr(net, "class_embed", None), "num_classes", None)
+    if classes is not None and classes != data.num_classes:
+        raise ConfigError(f"model has num_classes={classes} but the data have {data.num_classes}")
+
+
+def default_run_dir(cfg: dict) -> Path:
+    return Path("runs") / f"{cfg['data']['name']}-{cfg['process']['name']}-{cfg['model']['name']}"
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator for everything global at ``step``: identical on every rank and on resume."""
+    return torch.Generator(device=device).manual_seed((seed << 32) + step)
+
+
+class Trainer:
+    """``Trainer(cfg).fit()``: ``cfg`` is the checked plain dict from ``config.compose``."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = cfg
+        self.tc = trainer_config(cfg)
+        self.dist = distributed.setup(self.tc.device)
+        self.device = self.dist.device
+        self.run_dir = Path(cfg.get("run_dir") or default_run_dir(cfg))
+        self.process = processes.build(cfg["process"])
+        self.data = datasets.build(cfg["data"])
+        self.cfg["model"] = model_config(cfg["model"], self.process)
+        sampler = dict(cfg["sampler"])
+        samplers.make(sampler.pop("name", None), **sampler).check(self.process)
+        self._split_batch()
+        torch.manual_seed(self.tc.seed)  # the same initial weights on every rank
+        self.net = nets.build(self.cfg["model"]).to(self.device)
+        check_fit(self.net, self.data, cfg["model"]["name"])
+        self.ema = EMA(self.net, self.tc.ema_decay, self.tc.ema_warmup)
+        self.model = self._wrap(self.net)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.tc.lr, betas=tuple(self.tc.betas),
+                                     weight_decay=self.tc.weight_decay)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.tc.precision == "fp16")
+        self.sampler = DistributedSampler(self.data.train, num_replicas=self.dist.world, rank=self.dist.rank,
+                                          shuffle=True, seed=self.tc.seed)
+        self.steps_per_epoch = len(self.sampler) // self.per_rank
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"trainer.batch_size={self.tc.batch_size} exceeds the {len(self.data.train)} "
+                              "training examples")
+        self.step, self.bad_streak, self.skipped = 0, 0, 0
+        torch.manual_seed(self.tc.seed * self.dist.world + self.dist.rank)  # rank-local randomness
+
+    # ------------------------------------------------------------------ build
+    def _split_batch(self) -> None:
+        world, micro = self.dist.world, self.tc.micro_batches
+        if self.tc.batch_size % (world * micro):
+            raise ConfigError(f"trainer.batch_size={self.tc.batch_size} must divide evenly over {world} rank(s) "
+                              f"x {micro} micro-batch(es)")
+        self.per_rank = self.tc.batch_size // world
+        self.micro = self.per_rank // micro
+
+    def _wrap(self, net: torch.nn.Module) -> torch.nn.Module:
+        if self.dist.world == 1:
+            return net
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(net, device_ids=ids)
+
+    def _autocast(self):
+        if self.tc.precision == "off":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.tc.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # ----------------------------------------------------------------- resume
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def resume(self) -> bool:
+        """Load ``last.pt`` when the run folder has one; refuse one made for another model."""
+        path = self.ckpt_dir / "last.pt"
+        if not path.exists():
+            return False
+        state = checkpoint.load(path, map_location=self.device)
+        for key in ("process", "model", "data"):
+            if state["config"][key] != self.cfg[key]:
+                raise ConfigError(f"{path} was trained with another {key} config ({state['config'][key]}); "
+                                  f"use a new run_dir or the same {key} settings")
+        self.net.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        rng = state["rng"]
+        if len(rng) == self.dist.world:  # the same layout: every rank continues its own stream
+            torch.set_rng_state(rng[self.dist.rank]["cpu"])
+            if self.device.type == "cuda" and "cuda" in rng[self.dist.rank]:
+                torch.cuda.set_rng_state(rng[self.dist.rank]["cuda"], self.device)
+        return True
+
+    # ------------------------------------------------------------------ batch
+    def batches(self):
+        """This rank's (x, y) batches from the current step on, epoch after epoch."""
+        while True:
+            epoch, start = divmod(self.step, self.steps_per_epoch)
+            self.sampler.set_epoch(epoch)
+            order = list(self.sampler)[start * self.per_rank: self.steps_per_epoch * self.per_rank]
+            loader = DataLoader(self.data.train, batch_size=self.per_rank, sampler=order,
+                                num_workers=self.tc.num_workers, drop_last=True,
+                                pin_memory=self.device.type == "cuda")
+            yield from loader
+
+    def draws(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Uniforms for t, noise and flips for the whole global batch; this rank's share.
+
+        DistributedSampler hands rank r the global positions r, r + W, r + 2W, ...
+        """
+        g = step_generator(self.tc.seed, self.step, self.device)
+        B, shape = self.tc.batch_size, tuple(self.data.shape)
+        u = torch.rand(B, generator=g, device=self.device)
+        noise = torch.randn((B, *shape), generator=g, device=self.device)
+        flip = torch.rand(B, generator=g, device=self.device) < 0.5
+        mine = slice(self.dist.rank, None, self.dist.world)
+        return u[mine], noise[mine], flip[mine]
+
+    def prepare(self, x: Tensor, y: Tensor, flip: Tensor) -> tuple[Tensor, dict]:
+        x = x.to(self.device, non_blocking=True)
+        if self.data.flip:
+            x = torch.where(flip.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
+        cond = {"y": y.to(self.device)} if self.data.num_classes and getattr(self.net, "class_embed", None) else {}
+        return x, cond
+
+    # ------------------------------------------------------------------- step
+    def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Forward and backward over the micro-batches, then one guarded optimizer step."""
+        u, noise, flip = self.draws(x)
+        x, cond = self.prepare(x, y, flip)
+        self.opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), device=self.device)
+        parts = self.tc.micro_batches
+        for m in range(parts):
+            part = slice(m * self.micro, (m + 1) * self.micro)
+            sync = contextlib.nullcontext() if m == parts - 1 or self.dist.world == 1 else self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    loss = self.process.loss(self.model, x[part], u=u[part], noise=noise[part],
+                                             **{k: v[part] for k, v in cond.items()})
+                self.scaler.scale(loss / parts).backward()
+            total += loss.detach().float() / parts
+        self.scaler.unscale_(self.opt)
+        clip = self.tc.grad_clip if self.tc.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), clip)
+        # DDP has averaged the gradients, so every rank sees the same norm and decides alike.
+        if torch.isfinite(grad_norm):
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.ema.update(self.net)
+            self.bad_streak = 0
+        else:
+            self.skip_step(total, grad_norm)
+        return total, grad_norm
+
+    def skip_step(self, loss: Tensor, grad_norm: Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():
+            self.scaler.update()  # lowers the fp16 loss scale
+        self.bad_streak += 1
+        self.skipped += 1
+        self.log({"step": self.step, "skipped": True, "loss": float(loss), "grad_norm": float(grad_norm)})
+        if self.bad_streak >= self.tc.max_bad_steps:
+            raise TrainingError(f"{self.bad_streak} non-finite steps in a row (last at step {self.step}); "
+                                "stopping (trainer.max_bad_steps)")
+
+    def lr(self) -> float:
+        """Linear warm-up to trainer.lr over trainer.warmup steps, then constant."""
+        if self.tc.warmup == 0:
+            return self.tc.lr
+        return self.tc.lr * min(1.0, (self.step + 1) / self.tc.warmup)
+
+    # -------------------------------------------------------------------- log
+    def log(self, record: dict) -> None:
+        if self.dist.main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # ----------------------------------------------------------------- sample
+    @torch.no_grad()
+    def sample_grid(self) -> Path | None:
+        """EMA samples with the configured sampler, as a PNG (a grid, or a 2-D histogram)."""
+        if not self.dist.main:
+            return None
+        from torchvision.utils import save_image
+
+        options = dict(self.cfg["sampler"])
+        shape = (self.tc.num_samples, *self.data.shape)
+        out = samplers.sample(self.ema.model, self.process, sampler=options.pop("name"), shape=shape,
+                              device=self.device, generator=torch.Generator().manual_seed(self.tc.seed), **options)
+        path = self.run_dir / "samples" / f"step_{self.step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if len(self.data.shape) == 3:
+            nrow = max(1, int(math.sqrt(self.tc.num_samples)))
+            save_image((out.float().clamp(-1, 1) + 1) / 2, path, nrow=nrow)
+        else:
+            datasets.render_points(out.float().reshape(len(out), -1)[:, :2].cpu(), path)
+        return path
+
+    # ------------------------------------------------------------------- save
+    def save(self) -> None:
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        rngs = distributed.gather_objects(rng)
+        if self.dist.main:
+            epoch, batch = divmod(self.step, self.steps_per_epoch)
+            checkpoint.save({
+                "step": self.step, "config": self.cfg, "model": self.net.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(), "rng": rngs,
+                "data": {"epoch": epoch, "batch": batch, "world": self.dist.world},
+            }, self.ckpt_dir, keep=self.tc.keep)
+        distributed.barrier()
+
+    # -------------------------------------------------------------------- fit
+    def fit(self) -> Path:
+        """Train to trainer.steps (resuming if the run folder has a checkpoint); the run folder."""
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()
+        resumed = self.resume()
+        if self.dist.main:
+            from omegaconf import OmegaConf
+
+            OmegaConf.save(OmegaConf.create(self.cfg), self.run_dir / "config.yaml")
+            self.log({"event": "resume" if resumed else "start", "step": self.step, "world": self.dist.world})
+        fault = Fault.from_env()
+        bar = tqdm(total=self.tc.steps, initial=self.step, disable=not (self.dist.main and self.tc.progress),
+                   desc="train", dynamic_ncols=True)
+        window, seen, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
+        batches = self.batches()
+        while self.step < self.tc.steps:
+            x, y = next(batches)
+            loss, grad_norm = self.train_step(x, y)
+            if torch.isfinite(loss):
+                window += loss
+                seen += 1
+            self.step += 1
+            bar.update(1)
+            fault.maybe_fire(self.step, self.dist.rank)
+            if self.step % self.tc.log_every == 0 or self.step == self.tc.steps:
+                mean = distributed.mean(window / max(seen, 1)).item()
+                elapsed = time.perf_counter() - tick
+                self.log({"step": self.step, "loss": mean, "grad_norm": float(grad_norm), "lr": self.lr(),
+                          "examples_per_sec": seen * self.tc.batch_size / elapsed, "skipped_total": self.skipped})
+                bar.set_postfix(loss=f"{mean:.4f}")
+                window, seen, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
+            if self.step % self.tc.ckpt_every == 0 or self.step == self.tc.steps:
+                self.save()
+            if (self.tc.sample_every and self.step % self.tc.sample_every == 0) or self.step == self.tc.steps:
+                self.sample_grid()
+                distributed.barrier()
+        bar.close()
+        return self.run_dir
+
+
+class Fault:
+    """Fault injection for the elastic-restart tests: ``GENFLOW_FAULT=exit@STEP[:RANK]`` ends the
+    worker at STEP in the first attempt of a torchrun job (TORCHELASTIC_RESTART_COUNT = 0)."""
+
+    def __init__(self, step: int | None = None, rank: int = 0) -> None:
+        self.step, self.rank = step, rank
+
+    @classmethod
+    def from_env(cls) -> Fault:
+        spec = os.environ.get("GENFLOW_FAULT", "")
+        if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+            return cls()
+        step, _, rank = spec.removeprefix("exit@").partition(":")
+        return cls(int(step), int(rank or 0))
+
+    def maybe_fire(self, step: int, rank: int) -> None:
+        if self.step == step and self.rank == rank:
+            os._exit(17)
