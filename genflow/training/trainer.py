@@ -266,6 +266,7 @@ class Trainer:
                 "step": self.step, "config": self.cfg, "model": self.net.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(), "rng": rngs,
                 "data": {"epoch": epoch, "batch": batch, "world": self.dist.world},
+                "data_shape": list(self.data.shape),
             }, self.ckpt_dir, keep=self.tc.keep)
         distributed.barrier()
 
