@@ -36,11 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     from genflow.training import checkpoint, distributed
     from genflow.training.trainer import Trainer, TrainingError
 
-    try:
-        cfg = compose(argv)
-        trainer = Trainer(cfg)
-        run_dir = trainer.fit()
+    try:  # everything that can be wrong with the input shows here, before any training
+        trainer = Trainer(compose(argv))
     except (ConfigError, ValueError, TypeError, FileNotFoundError) as err:
+        print(f"genflow-train: error: {err}", file=sys.stderr)
+        distributed.cleanup()
+        return 2
+    try:
+        run_dir = trainer.fit()
+    except ConfigError as err:  # a run folder made for another model
         print(f"genflow-train: error: {err}", file=sys.stderr)
         return 2
     except (checkpoint.CheckpointError, TrainingError) as err:

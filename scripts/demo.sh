@@ -5,12 +5,7 @@
 #   bash scripts/demo.sh [extra genflow-train overrides...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e .
+source scripts/venv.sh ""   # no extras
 RUN=runs/demo
 .venv/bin/genflow-train run_dir="$RUN" trainer.device=cpu "$@"
 .venv/bin/genflow-sample --ckpt "$RUN/checkpoints/last.pt" --sampler ddim --steps 50 --num 64 \

@@ -244,3 +244,38 @@ def test_resume_refuses_a_run_folder_of_another_model(tmp_path, capsys):
 def test_mixed_precision_steps_are_finite(tmp_path, precision):
     trainer = fit(tmp_path, "trainer.steps=3", "trainer.ckpt_every=3", f"trainer.precision={precision}")
     assert trainer.skipped == 0 and all(torch.isfinite(torch.tensor(loss)) for _, loss in losses(tmp_path))
+
+
+def test_image_runs_write_sample_grids(tmp_path):
+    from PIL import Image
+
+    overrides = [o for o in tiny(tmp_path) if not o.startswith(("data", "model", "process"))]
+    Trainer(compose([*overrides, "model.channels=8", "model.norm_groups=8", "trainer.steps=2",
+                     "trainer.ckpt_every=2", "trainer.num_samples=4", "sampler.steps=2"])).fit()  # digits, UNet, DDPM
+    grid = Image.open(tmp_path / "samples" / "step_0000002.png")
+    assert grid.size == (2 * 8 + 3 * 2, 2 * 8 + 3 * 2)  # 2 x 2 digits of 8 px, torchvision's 2 px padding
+
+
+def test_sample_cli_writes_files_and_batches_do_not_change_samples(tmp_path, capsys):
+    import numpy as np
+
+    from genflow.cli.sample import main as sample_main
+
+    fit(tmp_path / "run", "trainer.steps=2", "trainer.ckpt_every=2")
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    common = ["--ckpt", ckpt, "--sampler", "ddim", "--steps", "5", "--num", "6", "--no-progress", "--eta", "1.0"]
+    assert sample_main([*common, "--out", str(tmp_path / "a"), "--batch-size", "6"]) == 0
+    assert sample_main([*common, "--out", str(tmp_path / "b"), "--batch-size", "4"]) == 0
+    a, b = (np.load(tmp_path / d / "samples.npz")["samples"] for d in "ab")
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)  # float32 matmuls round by batch size
+    info = json.loads((tmp_path / "a" / "info.json").read_text())
+    assert info["nfe_per_sample"] == 5 and info["sampler"] == {"name": "ddim", "steps": 5, "eta": 1.0}
+    assert (tmp_path / "a" / "points.png").stat().st_size > 0
+    capsys.readouterr()
+    for bad, message in [(["--steps", "0"], "steps must be an integer >= 1"),
+                         (["--sampler", "heun"], "unknown sampler 'heun'"),
+                         (["--snr", "0.1"], "takes no option(s) snr")]:
+        assert sample_main(["--ckpt", ckpt, "--out", str(tmp_path / "c"), "--no-progress", *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+    assert sample_main(["--ckpt", str(tmp_path / "missing.pt")]) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,12 +28,19 @@ class NoiseSource:
     depend on the batch it is drawn in (as EDM's StackedRandomGenerator).
 
     Sample ``i`` of a batch uses seed ``seed + offset + i``; a batch of k equals the first k
-    samples of a batch of 2k, and batches with offsets 0, k, 2k, ... equal one big batch.
+    samples of a batch of 2k, and batches with offsets 0, k, 2k, ... equal one big batch. Each
+    generator draws the noise of several steps at once (how many depends on the example's size
+    only, never on the batch), so the per-sample streams cost few calls per step.
     """
+
+    CHUNK_VALUES = 2**18  # values per sample drawn in one call (at most MAX_CHUNK steps)
+    MAX_CHUNK = 16
 
     def __init__(self, batch: int, seed: int, device: torch.device, dtype: torch.dtype, offset: int = 0) -> None:
         self.device, self.dtype = device, dtype
         self.generators = [torch.Generator(device=device).manual_seed(seed + offset + i) for i in range(batch)]
+        self._buffer: Tensor | None = None
+        self._next = 0
 
     @classmethod
     def from_generator(cls, batch, generator, device, dtype, offset: int = 0) -> NoiseSource:
@@ -43,9 +51,15 @@ class NoiseSource:
         return cls(batch, seed, device, dtype, offset)
 
     def randn(self, event_shape: tuple[int, ...]) -> Tensor:
-        return torch.stack(
-            [torch.randn(event_shape, generator=g, device=self.device, dtype=self.dtype) for g in self.generators]
-        )
+        """One standard-normal draw per sample, shaped ``[batch, *event_shape]``."""
+        event_shape = tuple(event_shape)
+        if self._buffer is None or self._buffer.shape[2:] != event_shape or self._next == self._buffer.shape[1]:
+            chunk = max(1, min(self.MAX_CHUNK, self.CHUNK_VALUES // max(1, math.prod(event_shape))))
+            self._buffer = torch.stack([torch.randn((chunk, *event_shape), generator=g, device=self.device,
+                                                    dtype=self.dtype) for g in self.generators])
+            self._next = 0
+        self._next += 1
+        return self._buffer[:, self._next - 1]
 
 
 class CountingModel:
