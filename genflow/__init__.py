@@ -17,3 +17,8 @@ from genflow import samplers  # noqa: E402
 from genflow.samplers import encode, sample  # noqa: E402
 
 __all__ += ["encode", "sample", "samplers"]
+
+from genflow import likelihood  # noqa: E402
+from genflow.likelihood import bits_per_dim, log_likelihood  # noqa: E402
+
+__all__ += ["bits_per_dim", "likelihood", "log_likelihood"]

@@ -40,7 +40,7 @@ def test_build_passes_keyword_arguments():
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: processes.build({"name": "ddim"}), r"unknown process 'ddim'; valid names: ddpm, flow_matching, subvpsde, vesde, vpsde"),
+        (lambda: processes.build({"name": "ddim"}), r"unknown process 'ddim'; valid names: cnf, ddpm, flow_matching, subvpsde, vesde, vpsde"),
         (lambda: processes.build({"timesteps": 3}), "needs a 'name' key"),
         (lambda: processes.build({"name": "vpsde", "beta_mn": 0.1}), r"unknown key\(s\) beta_mn for process 'vpsde'; allowed: beta_min"),
         (lambda: processes.build(["ddpm"]), "expected a mapping"),

@@ -115,13 +115,17 @@ def test_two_nodes_by_c10d_rendezvous_train_one_model(tmp_path):
 
 
 def test_elastic_restart_resumes_and_finishes(tmp_path):
-    code, err = torchrun("--standalone", "--nproc_per_node=2", "--max-restarts=1", WORKER,
+    """Worker 1 dies at step 6 of the first attempt; torchrun restarts the group, which resumes
+    from the step-4 checkpoint and ends at step 10. One spare restart: on a loaded 2-core machine
+    a restarted Gloo group has (rarely) failed to form once; torchrun then simply tries again."""
+    code, err = torchrun("--standalone", "--nproc_per_node=2", "--max-restarts=2", WORKER,
                          *tiny(tmp_path, "trainer.steps=10", "trainer.ckpt_every=4"), env={"GENFLOW_FAULT": "exit@6:1"})
-    assert code == 0, err[-3000:]
+    assert code == 0, err[-6000:]
     events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [(e["event"], e["step"]) for e in events if "event" in e] == [("start", 0), ("resume", 4)]
+    marks = [(e["event"], e["step"]) for e in events if "event" in e]
+    assert marks[:2] == [("start", 0), ("resume", 4)] and all(m[0] == "resume" and m[1] in (4, 8) for m in marks[1:])
     state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
-    assert state["step"] == 10
+    assert state["step"] == 10 and state["data"]["world"] == 2
 
 
 def test_nan_guard_skips_a_poisoned_batch(tmp_path, monkeypatch):
@@ -279,3 +283,10 @@ def test_sample_cli_writes_files_and_batches_do_not_change_samples(tmp_path, cap
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
     assert sample_main(["--ckpt", str(tmp_path / "missing.pt")]) == 1
+
+
+def test_a_cnf_trains_through_the_same_engine(tmp_path):
+    trainer = fit(tmp_path, "process=cnf", "process.steps=2", "trainer.steps=3", "trainer.ckpt_every=3")
+    assert trainer.step == 3 and trainer.skipped == 0
+    assert all(torch.isfinite(torch.tensor(loss)) for _, loss in losses(tmp_path))
+    assert (tmp_path / "samples" / "step_0000003.png").exists()

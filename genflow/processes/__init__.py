@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from genflow import registry
+from genflow.processes.cnf import CNF
 from genflow.processes.base import PREDICTIONS, Denoised, GaussianPath, PathCoefficients
 from genflow.processes.ddpm import DDPM
 from genflow.processes.flow import FlowMatching, ot_pairing
@@ -16,6 +17,7 @@ PROCESSES: dict[str, type[GaussianPath]] = {
     "subvpsde": SubVPSDE,
     "vesde": VESDE,
     "flow_matching": FlowMatching,
+    "cnf": CNF,
 }
 
 
@@ -25,6 +27,7 @@ def build(cfg: Any) -> GaussianPath:
 
 
 __all__ = [
+    "CNF",
     "DDPM",
     "PREDICTIONS",
     "PROCESSES",
