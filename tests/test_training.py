@@ -220,7 +220,7 @@ def test_a_corrupt_last_checkpoint_stops_the_run_and_stays(tmp_path, capsys):
     "overrides,message",
     [
         (["trainer.stpes=5"], "stpes"),
-        (["process=foo"], "unknown process option 'foo'; available: ddpm, flow, flow_ot, subvpsde, vesde, vpsde"),
+        (["process=foo"], "unknown process option 'foo'; available: cnf, ddpm, flow, flow_ot, subvpsde, vesde, vpsde"),
         (["trainer.steps=abc"], "trainer.steps: Value 'abc' of type 'str' could not be converted to Integer"),
         (["trainer.precision=fp8"], "trainer.precision must be one of off, bf16, fp16"),
         (["model.chanels=8"], "chanels"),
