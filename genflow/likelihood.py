@@ -44,7 +44,12 @@ def draw_probes(x: Tensor, kind: str, generator: torch.Generator | None) -> Tens
     """Hutchinson probes with E[eps eps^T] = I: Rademacher signs or standard normals."""
     check_choice(kind, PROBES, "probe")
     noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
-    return noise.sign() if kind == "rademacher" else noise
+    return rademacher(noise) if kind == "rademacher" else noise
+
+
+def rademacher(noise: Tensor) -> Tensor:
+    """Signs of ``noise`` as +-1 (never 0, which sign() would give for an exact zero)."""
+    return torch.where(noise >= 0, 1.0, -1.0).to(noise)
 
 
 def divergence(v: Tensor, x: Tensor, probe: Tensor | None, create_graph: bool = False) -> Tensor:
@@ -116,6 +121,8 @@ def integrate_flow(velocity: Velocity, x: Tensor, t0: float, t1: float, *, probe
     from torchdiffeq import odeint_adjoint
 
     check_method(method)
+    if adjoint and not params:
+        raise ValueError("adjoint=True needs params= (the network's parameters) to give them gradients")
     dynamics = _Dynamics(velocity, probe, create_graph, min(t0, t1), max(t0, t1), params)
     n = steps + 1 if method in FIXED_GRID_METHODS else 2
     ts = torch.linspace(t0, t1, n, dtype=torch.float64).to(x.device, x.dtype)

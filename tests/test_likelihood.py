@@ -174,3 +174,10 @@ def test_a_cnf_trained_by_maximum_likelihood_beats_the_prior_on_8gaussians():
     nll = -genflow.log_likelihood(net, process, test, exact_divergence=True).mean().item()
     print(f"test NLL {nll:.3f} nats against the prior's {prior:.3f}")
     assert nll < prior - 1.5
+
+
+def test_rademacher_probes_are_signs_never_zero():
+    from genflow.likelihood import rademacher
+
+    noise = torch.tensor([-2.0, -0.0, 0.0, 1e-30, 3.0])
+    assert rademacher(noise).tolist() == [-1.0, 1.0, 1.0, 1.0, 1.0]

@@ -91,7 +91,9 @@ def test_resume_is_exact(tmp_path):
 
 
 def test_ddp_with_gloo_matches_one_process(tmp_path):
-    steps = ["trainer.steps=6", "trainer.ckpt_every=3"]
+    # 63 examples, global batch 32: one step per epoch, and DistributedSampler pads to 64 for two
+    # ranks; every step crosses an epoch boundary and must still take the same examples.
+    steps = ["trainer.steps=6", "trainer.ckpt_every=3", "data.size=63"]
     single = fit(tmp_path / "single", *steps)
     code, err = torchrun("--standalone", "--nproc_per_node=2", WORKER, *tiny(tmp_path / "ddp", *steps))
     assert code == 0, err[-3000:]
@@ -171,6 +173,13 @@ def test_a_failed_write_never_replaces_a_good_last_checkpoint(tmp_path, monkeypa
         checkpoint.save({"step": 3, "config": {}, "model": {}}, last.parent)
     assert last.read_bytes() == good
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt", "step_0000002.pt"]  # no temporary left
+
+
+def test_retention_keeps_the_newest_steps_by_number(tmp_path):
+    for step in (9_999_998, 9_999_999, 10_000_000, 10_000_001):
+        checkpoint.save({"step": step, "config": {}, "model": {}}, tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == ["step_10000000.pt", "step_10000001.pt"]
+    assert checkpoint.load(tmp_path / "last.pt")["step"] == 10_000_001
 
 
 def test_truncated_foreign_and_malicious_checkpoints_are_refused(tmp_path):
@@ -283,6 +292,10 @@ def test_sample_cli_writes_files_and_batches_do_not_change_samples(tmp_path, cap
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
     assert sample_main(["--ckpt", str(tmp_path / "missing.pt")]) == 1
+    # another sampler than the run's, without --steps: that sampler's own default (1000), not 50
+    assert sample_main(["--ckpt", ckpt, "--sampler", "euler_maruyama", "--num", "2", "--no-progress",
+                        "--out", str(tmp_path / "d")]) == 0
+    assert json.loads((tmp_path / "d" / "info.json").read_text())["nfe_per_sample"] == 1001
 
 
 def test_a_cnf_trains_through_the_same_engine(tmp_path):

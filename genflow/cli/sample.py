@@ -39,7 +39,9 @@ def parser() -> argparse.ArgumentParser:
     for flag, kind in SAMPLER_FLAGS.items():
         p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None, help=f"sampler option {flag}")
     p.add_argument("--num", type=int, default=64, help="number of samples")
-    p.add_argument("--batch-size", type=int, default=256, help="samples per batch (does not change the samples)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="samples per batch (fixed-step samplers: does not change the samples; an adaptive ODE "
+                        "solver's steps depend on the batch at the level of its tolerance)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", type=Path, default=Path("samples"))
@@ -56,6 +58,7 @@ def sampler_settings(args, stored: dict) -> dict:
     if name not in samplers.SAMPLERS:
         raise UsageError(f"unknown sampler {name!r}; valid names: {', '.join(samplers.SAMPLERS)}")
     settings = {k: v for k, v in stored.items() if k != "name"} if name == stored["name"] else {}
+    settings.setdefault("steps", samplers.SAMPLERS[name].steps)  # the sampler's own default
     if args.steps is not None:
         settings["steps"] = args.steps
     settings.update({k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None})
@@ -78,7 +81,7 @@ def run(args) -> Path:
     net.to(args.device).eval()
     settings = sampler_settings(args, cfg["sampler"])
     options = {k: v for k, v in settings.items() if k not in ("name", "steps")}
-    algo = samplers.make(settings["name"], settings.get("steps", 50), **options)
+    algo = samplers.make(settings["name"], settings["steps"], **options)
     algo.check(process)
     if "data_shape" not in state:
         raise UsageError(f"{args.ckpt} does not record the shape of its data (data_shape); it was not written "
@@ -87,7 +90,7 @@ def run(args) -> Path:
     start, batches, nfe = time.perf_counter(), [], 0
     for offset in range(0, args.num, args.batch_size):
         n = min(args.batch_size, args.num - offset)
-        result = samplers.run(net, process, sampler=settings["name"], steps=settings.get("steps", 50),
+        result = samplers.run(net, process, sampler=settings["name"], steps=settings["steps"],
                               shape=(n, *shape), generator=torch.Generator().manual_seed(args.seed),
                               seed_offset=offset, device=args.device, progress=not args.no_progress, **options)
         batches.append(result.samples.float().cpu())

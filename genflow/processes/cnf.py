@@ -49,13 +49,13 @@ class CNF(FlowMatching):
              noise: Tensor | None = None, **cond) -> Tensor:
         """Mean NLL per dimension of ``x0`` (+ regularizers); ``noise`` (or the generator) gives
         the Hutchinson probes, ``u`` is not used (no time is sampled)."""
-        from genflow.likelihood import integrate_flow
+        from genflow.likelihood import integrate_flow, rademacher
 
         probe = None
         if not self.exact_divergence:
             if noise is None:
                 noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-            probe = noise.to(x0).sign()
+            probe = rademacher(noise.to(x0))
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             return self.convert(model(x, t, **cond), x, t, self.prediction, "velocity")

@@ -43,7 +43,7 @@ def save(state: dict, folder: str | os.PathLike, *, keep: int = 3) -> Path:
     _write(state, path)
     _write(state, folder / "last.pt")
     if keep > 0:
-        for old in sorted(folder.glob("step_*.pt"))[:-keep]:
+        for old in sorted(folder.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))[:-keep]:
             old.unlink(missing_ok=True)
     return path
 

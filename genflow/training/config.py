@@ -44,7 +44,8 @@ class TrainerConfig:
     sample_every: int = 1000          # 0: only at the end
     num_samples: int = 64             # images in each sample grid
     keep: int = 3                     # step checkpoints kept besides last.pt
-    max_bad_steps: int = 10           # stop after this many non-finite steps in a row
+    max_bad_steps: int = 10           # stop after this many non-finite steps in a row (fp16's first
+                                      # loss-scale overflows count too: they are skipped steps)
     progress: bool = True
 
 

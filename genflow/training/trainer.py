@@ -4,7 +4,8 @@ Randomness that decides the objective (which examples, their t, noise and flips)
 of (seed, step) and of each example's place in the global batch, never of the rank: a run on W
 ranks takes the same steps as one process with the same global batch, and a resumed run the
 same steps as an uninterrupted one. Each rank's own generator (seeded ``seed * world + rank``)
-serves what is local, such as dropout.
+serves what is local, such as dropout. One exception: minibatch-OT coupling (``flow_ot``) pairs
+data and noise within each rank's micro-batch, so its pairing depends on the batch per rank.
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.tc.precision == "fp16")
         self.sampler = DistributedSampler(self.data.train, num_replicas=self.dist.world, rank=self.dist.rank,
                                           shuffle=True, seed=self.tc.seed)
-        self.steps_per_epoch = len(self.sampler) // self.per_rank
+        # Whole global batches of the epoch's permutation, the same count for every world size
+        # (DistributedSampler's padding at the epoch's end is never reached).
+        self.steps_per_epoch = len(self.data.train) // self.tc.batch_size
         if self.steps_per_epoch < 1:
             raise ConfigError(f"trainer.batch_size={self.tc.batch_size} exceeds the {len(self.data.train)} "
                               "training examples")
@@ -111,7 +114,9 @@ class Trainer:
         if self.dist.world == 1:
             return net
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(net, device_ids=ids)
+        # The nets' buffers are constants (embedding frequencies): not broadcasting them keeps the
+        # collectives per step fixed even when an adaptive ODE solver (CNF) takes rank-dependent NFE.
+        return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
 
     def _autocast(self):
         if self.tc.precision == "off":
@@ -129,7 +134,7 @@ class Trainer:
         path = self.ckpt_dir / "last.pt"
         if not path.exists():
             return False
-        state = checkpoint.load(path, map_location=self.device)
+        state = checkpoint.load(path, map_location="cpu")  # load_state_dict moves weights; RNG states stay on CPU
         for key in ("process", "model", "data"):
             if state["config"][key] != self.cfg[key]:
                 raise ConfigError(f"{path} was trained with another {key} config ({state['config'][key]}); "
@@ -137,7 +142,8 @@ class Trainer:
         self.net.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when the run was not fp16: a fresh scaler then starts
+            self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         rng = state["rng"]
         if len(rng) == self.dist.world:  # the same layout: every rank continues its own stream
@@ -155,7 +161,8 @@ class Trainer:
             order = list(self.sampler)[start * self.per_rank: self.steps_per_epoch * self.per_rank]
             loader = DataLoader(self.data.train, batch_size=self.per_rank, sampler=order,
                                 num_workers=self.tc.num_workers, drop_last=True,
-                                pin_memory=self.device.type == "cuda")
+                                pin_memory=self.device.type == "cuda",
+                                generator=torch.Generator().manual_seed(self.tc.seed + epoch))  # not the global RNG
             yield from loader
 
     def draws(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
