@@ -42,3 +42,56 @@ def test_sliced_wasserstein_refuses_mismatched_sets():
         sliced_wasserstein(torch.zeros(3, 2), torch.zeros(3, 3))
     with pytest.raises(ValueError, match="non-empty"):
         sliced_wasserstein(torch.zeros(0, 2), torch.zeros(3, 2))
+
+
+def random_spd(d: int, seed: int) -> torch.Tensor:
+    a = torch.randn(d, d, generator=torch.Generator().manual_seed(seed), **F64)
+    return a @ a.T / d + 0.1 * torch.eye(d, **F64)
+
+
+def test_frechet_distance_closed_forms():
+    from genflow.metrics import frechet_distance
+
+    # 1-D: (m1 - m2)^2 + (s1 - s2)^2
+    assert frechet_distance([0.5], [[4.0]], [-1.0], [[0.25]]) == pytest.approx(1.5**2 + 1.5**2, rel=1e-12)
+    # commuting (diagonal) covariances: |dm|^2 + sum (sqrt a - sqrt b)^2
+    a, b = torch.tensor([1.0, 2.0, 0.5], **F64), torch.tensor([0.3, 2.0, 4.0], **F64)
+    m1, m2 = torch.tensor([0.0, 1.0, 2.0], **F64), torch.tensor([1.0, 1.0, 0.0], **F64)
+    expected = (m1 - m2).square().sum() + (a.sqrt() - b.sqrt()).square().sum()
+    assert frechet_distance(m1, torch.diag(a), m2, torch.diag(b)) == pytest.approx(expected.item(), rel=1e-12)
+
+
+def test_frechet_distance_matches_the_scipy_sqrtm_formula_for_non_commuting_covariances():
+    import numpy as np
+    from scipy import linalg
+
+    from genflow.metrics import frechet_distance
+
+    s1, s2 = random_spd(6, 0), random_spd(6, 1)
+    m1, m2 = torch.randn(6, **F64), torch.randn(6, **F64)
+    covmean = linalg.sqrtm(s1.numpy() @ s2.numpy()).real  # the reference FID code's route
+    expected = float(((m1 - m2) ** 2).sum() + np.trace(s1.numpy()) + np.trace(s2.numpy()) - 2 * np.trace(covmean))
+    assert frechet_distance(m1, s1, m2, s2) == pytest.approx(expected, rel=1e-6)
+
+
+def test_frechet_distance_of_a_feature_set_with_itself_is_zero_even_when_singular():
+    from genflow.metrics import frechet_distance_of_features
+
+    g = torch.Generator().manual_seed(0)
+    assert frechet_distance_of_features(torch.randn(500, 8, generator=g), torch.randn(500, 8, generator=g)) > 0
+    few = torch.randn(20, 64, generator=g, **F64)  # 20 samples in 64-D: a rank-19 covariance
+    assert frechet_distance_of_features(few, few) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_precision_recall_of_identical_disjoint_and_half_covered_sets():
+    from genflow.metrics import precision_recall
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 5, generator=g, **F64)
+    assert precision_recall(real, real.clone()) == (1.0, 1.0)
+    assert precision_recall(real, real + 100.0) == (0.0, 0.0)
+    half = torch.cat([real[:150], real[:150] + 100.0])  # half on the real manifold, half far away
+    precision, _ = precision_recall(real, half)
+    assert precision == 0.5
+    with pytest.raises(ValueError, match="more than k=3"):
+        precision_recall(real[:3], real)
