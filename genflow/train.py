@@ -40,18 +40,22 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(compose(argv))
     except (ConfigError, ValueError, TypeError, FileNotFoundError) as err:
         print(f"genflow-train: error: {err}", file=sys.stderr)
-        distributed.cleanup()
+        distributed.cleanup(wait=False)
         return 2
     try:
         run_dir = trainer.fit()
     except ConfigError as err:  # a run folder made for another model
         print(f"genflow-train: error: {err}", file=sys.stderr)
+        distributed.cleanup(wait=False)
         return 2
     except (checkpoint.CheckpointError, TrainingError) as err:
         print(f"genflow-train: error: {err}", file=sys.stderr)
+        distributed.cleanup(wait=False)
         return 1
-    finally:
-        distributed.cleanup()
+    except BaseException:
+        distributed.cleanup(wait=False)
+        raise
+    distributed.cleanup()
     if trainer.dist.main:
         print(f"genflow-train: done, {trainer.step} steps; run folder {run_dir}")
     return 0

@@ -104,6 +104,13 @@ def broadcast_object(obj):
     return box[0]
 
 
-def cleanup() -> None:
+def cleanup(wait: bool = True) -> None:
+    """Leave together (``wait``): a rank that tears its Gloo pairs down while a peer still uses
+    them can abort ("terminate called without an active exception") instead of exiting cleanly.
+    After an error, leave at once: the peers may never reach the barrier."""
     if active():
-        dist.destroy_process_group()
+        try:
+            if wait:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
