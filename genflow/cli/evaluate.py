@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genflow.cli.sample import Parser, UsageError
+from genflow.cli import Parser, UsageError, guarded
 from genflow.samplers.ode import ADAPTIVE_METHODS
 
 
@@ -132,22 +132,17 @@ def compare(args, state: dict) -> dict:
             "features": space, "samples": len(fake), "data": len(real)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from genflow.training.checkpoint import CheckpointError, load
+def evaluate(argv: list[str] | None) -> str:
+    from genflow.training.checkpoint import load
 
-    try:
-        args = parser().parse_args(argv)
-        state = load(args.ckpt)
-        result = nll(args, state) if args.command == "nll" else compare(args, state)
-    except (UsageError, ValueError, TypeError) as err:
-        print(f"genflow-eval: error: {err}", file=sys.stderr)
-        return 2
-    except (CheckpointError, FileNotFoundError, RuntimeError) as err:
-        print(f"genflow-eval: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
-              file=sys.stderr)
-        return 1
-    print(json.dumps({"split": args.split, **result}))
-    return 0
+    args = parser().parse_args(argv)
+    state = load(args.ckpt)
+    result = nll(args, state) if args.command == "nll" else compare(args, state)
+    return json.dumps({"split": args.split, **result})
+
+
+def main(argv: list[str] | None = None) -> int:
+    return guarded("genflow-eval", lambda: evaluate(argv))
 
 
 if __name__ == "__main__":

@@ -18,17 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genflow.cli import Parser, UsageError, guarded
+
 SAMPLER_FLAGS = {"eta": float, "spacing": str, "variance": str, "method": str, "rtol": float, "atol": float,
                  "snr": float, "corrector_steps": int, "predictor": str}
-
-
-class UsageError(ValueError):
-    pass
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line and exit 2, like every other bad input
-        raise UsageError(message)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -111,20 +104,7 @@ def run(args) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from genflow.training.checkpoint import CheckpointError
-
-    try:
-        args = parser().parse_args(argv)
-        picture = run(args)
-    except (UsageError, ValueError, TypeError) as err:
-        print(f"genflow-sample: error: {err}", file=sys.stderr)
-        return 2
-    except (CheckpointError, KeyError, RuntimeError) as err:
-        print(f"genflow-sample: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
-              file=sys.stderr)
-        return 1
-    print(f"genflow-sample: wrote {picture}")
-    return 0
+    return guarded("genflow-sample", lambda: f"genflow-sample: wrote {run(parser().parse_args(argv))}")
 
 
 if __name__ == "__main__":
