@@ -22,7 +22,7 @@ from torchdiffeq import odeint
 
 from genflow.processes.base import GaussianPath
 from genflow.samplers.common import CountingModel
-from genflow.samplers.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, check_method
+from genflow.samplers.ode import on_path, solver_grid
 from genflow.utils import check_choice, sum_except_batch
 
 PROBES = ("rademacher", "gaussian")
@@ -52,11 +52,8 @@ def rademacher(noise: Tensor) -> Tensor:
     return torch.where(noise >= 0, 1.0, -1.0).to(noise)
 
 
-def divergence(v: Tensor, x: Tensor, probe: Tensor | None, create_graph: bool = False) -> Tensor:
-    """div_x v per example: exact (probe None; a pass per dimension) or probe^T (dv/dx) probe."""
-    if probe is not None:
-        (vjp,) = torch.autograd.grad(v, x, probe, create_graph=create_graph)
-        return sum_except_batch(vjp * probe)
+def divergence(v: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:
+    """The exact div_x v per example: one autograd pass per dimension."""
     flat_v = v.reshape(v.shape[0], -1)
     total = torch.zeros(v.shape[0], dtype=v.dtype, device=v.device)
     for i in range(flat_v.shape[1]):
@@ -72,10 +69,10 @@ class _Dynamics(torch.nn.Module):
     the divergence stays differentiable (maximum-likelihood training); otherwise it is detached.
     """
 
-    def __init__(self, velocity: Velocity, probe: Tensor | None, create_graph: bool, lo: float, hi: float,
+    def __init__(self, velocity: Velocity, probe: Tensor | None, create_graph: bool, t0: float, t1: float,
                  params: tuple = ()) -> None:
         super().__init__()
-        self.velocity, self.probe, self.create_graph, self.lo, self.hi = velocity, probe, create_graph, lo, hi
+        self.velocity, self.probe, self.create_graph, self.t0, self.t1 = velocity, probe, create_graph, t0, t1
         self.params = torch.nn.ParameterList(params)  # only for odeint_adjoint's bookkeeping
 
     def forward(self, t: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -85,12 +82,12 @@ class _Dynamics(torch.nn.Module):
                 y = y.detach()
             if not y.requires_grad:
                 y = y.requires_grad_(True)
-            v = self.velocity(y, t.clamp(self.lo, self.hi).expand(y.shape[0]))
+            v = self.velocity(y, on_path(t, self.t0, self.t1).expand(y.shape[0]))
             if self.probe is not None:  # one vector-Jacobian product gives both Hutchinson terms
                 (vjp,) = torch.autograd.grad(v, y, self.probe, create_graph=self.create_graph)
                 div, frobenius = sum_except_batch(vjp * self.probe), sum_except_batch(vjp**2)
             else:
-                div = divergence(v, y, None, create_graph=self.create_graph)
+                div = divergence(v, y, create_graph=self.create_graph)
                 frobenius = torch.zeros_like(div)
             kinetic = sum_except_batch(v**2)
         if not self.create_graph:
@@ -120,15 +117,10 @@ def integrate_flow(velocity: Velocity, x: Tensor, t0: float, t1: float, *, probe
     """
     from torchdiffeq import odeint_adjoint
 
-    check_method(method)
     if adjoint and not params:
         raise ValueError("adjoint=True needs params= (the network's parameters) to give them gradients")
-    dynamics = _Dynamics(velocity, probe, create_graph, min(t0, t1), max(t0, t1), params)
-    n = steps + 1 if method in FIXED_GRID_METHODS else 2
-    ts = torch.linspace(t0, t1, n, dtype=torch.float64).to(x.device, x.dtype)
-    options = {} if method in FIXED_GRID_METHODS else {"step_t": ts[-1:]}
-    if kinks is not None and method in ADAPTIVE_METHODS:
-        options["jump_t"] = kinks.to(x.device, x.dtype)
+    ts, options = solver_grid(x, t0, t1, method=method, steps=steps, kinks=kinks)
+    dynamics = _Dynamics(velocity, probe, create_graph, t0, t1, params)
     zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     solve = odeint_adjoint if adjoint else odeint
     extra = {"adjoint_params": tuple(params), "adjoint_options": options} if adjoint else {}

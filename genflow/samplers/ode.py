@@ -20,25 +20,38 @@ def check_method(method: str) -> None:
         raise ValueError(f"method must be one of {', '.join(FIXED_GRID_METHODS + ADAPTIVE_METHODS)}; got {method!r}")
 
 
-def integrate(net: CountingModel, x: Tensor, t0: float, t1: float, *, method: str, steps: int, rtol: float,
-              atol: float, kinks: Tensor | None = None) -> Tensor:
-    """Solve dx/dt = velocity(x, t) from t0 to t1; fixed-step methods use ``steps`` uniform steps."""
+def solver_grid(x: Tensor, t0: float, t1: float, *, method: str, steps: int,
+                kinks: Tensor | None = None) -> tuple[Tensor, dict]:
+    """The output times and torchdiffeq options for solving from t0 to t1 with ``method``:
+    ``steps`` uniform steps for fixed-grid methods; for adaptive ones, no step past t1 and a
+    restart at each kink of the path (e.g. DDPM's integer steps)."""
     check_method(method)
     n = steps + 1 if method in FIXED_GRID_METHODS else 2
     ts = torch.linspace(t0, t1, n, dtype=torch.float64).to(x.device, x.dtype)
-
-    lo, hi = min(t0, t1), max(t0, t1)
-
-    def f(t: Tensor, y: Tensor) -> Tensor:
-        # torchdiffeq's first-step heuristic probes t0 + h0 without clamping h0 to the interval
-        # (h0 ran to t = -23000 on DDPM's 1000-step time axis); keep every evaluation on the path.
-        return net.velocity(y, t.clamp(lo, hi).expand(y.shape[0]))
-
+    if method in FIXED_GRID_METHODS:
+        return ts, {}
     # Adaptive solvers would otherwise step past t1 and interpolate back, evaluating the model
     # outside the path's interval (alpha > 1 for a flow, abar > 1 for DDPM).
-    options = {} if method in FIXED_GRID_METHODS else {"step_t": ts[-1:]}
-    if kinks is not None and method not in FIXED_GRID_METHODS:
-        options["jump_t"] = kinks.to(x.device, x.dtype)  # e.g. DDPM's integer steps: restart there
+    options = {"step_t": ts[-1:]}
+    if kinks is not None:
+        options["jump_t"] = kinks.to(x.device, x.dtype)
+    return ts, options
+
+
+def on_path(t: Tensor, t0: float, t1: float) -> Tensor:
+    """``t`` clamped to [t0, t1]: torchdiffeq's first-step heuristic probes t0 + h0 without
+    clamping h0 to the interval (h0 ran to t = -23000 on DDPM's 1000-step time axis)."""
+    return t.clamp(min(t0, t1), max(t0, t1))
+
+
+def integrate(net: CountingModel, x: Tensor, t0: float, t1: float, *, method: str, steps: int, rtol: float,
+              atol: float, kinks: Tensor | None = None) -> Tensor:
+    """Solve dx/dt = velocity(x, t) from t0 to t1; fixed-step methods use ``steps`` uniform steps."""
+    ts, options = solver_grid(x, t0, t1, method=method, steps=steps, kinks=kinks)
+
+    def f(t: Tensor, y: Tensor) -> Tensor:
+        return net.velocity(y, on_path(t, t0, t1).expand(y.shape[0]))
+
     return odeint(f, x, ts, method=method, rtol=rtol, atol=atol, options=options)[-1]
 
 

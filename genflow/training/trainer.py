@@ -165,7 +165,7 @@ class Trainer:
                                 generator=torch.Generator().manual_seed(self.tc.seed + epoch))  # not the global RNG
             yield from loader
 
-    def draws(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def draws(self) -> tuple[Tensor, Tensor, Tensor]:
         """Uniforms for t, noise and flips for the whole global batch; this rank's share.
 
         DistributedSampler hands rank r the global positions r, r + W, r + 2W, ...
@@ -188,7 +188,7 @@ class Trainer:
     # ------------------------------------------------------------------- step
     def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Forward and backward over the micro-batches, then one guarded optimizer step."""
-        u, noise, flip = self.draws(x)
+        u, noise, flip = self.draws()
         x, cond = self.prepare(x, y, flip)
         self.opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
