@@ -3,6 +3,7 @@ on the digits training split and cached, so Fréchet distance and precision/reca
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -59,8 +60,13 @@ def train_classifier() -> tuple[DigitsNet, float]:
 
 
 def digits_classifier() -> tuple[DigitsNet, float]:
-    """The cached classifier and its test accuracy (trained on first use, ~10 s on a CPU)."""
-    path = cache_path()
+    """The cached classifier and its test accuracy (trained on first use, ~10 s on a CPU; read
+    from the cache file once per process)."""
+    return _classifier_at(cache_path())
+
+
+@functools.lru_cache(maxsize=None)
+def _classifier_at(path: Path) -> tuple[DigitsNet, float]:
     net = DigitsNet()
     if path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)
