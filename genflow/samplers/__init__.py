@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from genflow.processes.base import GaussianPath
 from genflow.samplers.common import CountingModel, NoiseSource, SampleResult, check_steps, full_time, time_grid
 from genflow.samplers.ddim import DDIM, DDPMAncestral, ddim_step
+from genflow.samplers.guidance import check_guidance, unconditional
 from genflow.samplers.ode import ODE, integrate
 from genflow.samplers.sde import EulerMaruyama, PredictorCorrector
 
@@ -56,6 +57,8 @@ def run(
     generator: torch.Generator | None = None,
     progress: bool = False,
     cond: dict | None = None,
+    guidance: float = 0.0,
+    uncond: dict | None = None,
     seed_offset: int = 0,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
@@ -66,9 +69,18 @@ def run(
     ``noise`` is the starting point at t_max (else drawn from the prior with ``shape``). Every
     random draw is per sample (``NoiseSource``), so a sample does not depend on the batch size;
     ``seed_offset`` continues the numbering when a large set is drawn in batches.
+
+    ``guidance`` is classifier-free guidance's w (Ho & Salimans 2022): the output is
+    (1 + w) cond - w uncond, so w = 0 is the conditional model given ``cond``. ``uncond`` defaults
+    to ``cond`` with every label ``y`` replaced by the net's null class. A guided step is one NFE on a
+    doubled batch (``SampleResult.forward_batch_factor`` = 2); see ``CountingModel``.
     """
     algo = make(sampler, steps, **options)
     algo.check(process)
+    check_guidance(guidance)
+    cond = cond or {}
+    if guidance:
+        uncond = unconditional(model, cond, uncond)
     if (noise is None) == (shape is None):
         raise ValueError("give exactly one of noise= (the starting point) or shape=")
     if noise is None:
@@ -79,10 +91,10 @@ def run(
     else:
         x = noise
         source = NoiseSource.from_generator(x.shape[0], generator, x.device, x.dtype, seed_offset)
-    net = CountingModel(model, process, cond or {})
+    net = CountingModel(model, process, cond, guidance, uncond)
     with torch.no_grad():
         out = algo(net, process, x, source, _progress(progress, sampler))
-    return SampleResult(samples=out, nfe=net.nfe)
+    return SampleResult(samples=out, nfe=net.nfe, forward_batch_factor=net.forward_batch_factor)
 
 
 def sample(model, process, *, sampler: str = "ddim", steps: int = 50, noise=None, shape=None, generator=None,

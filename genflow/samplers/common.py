@@ -17,10 +17,15 @@ SPACINGS = ("leading", "trailing", "linspace", "quadratic")
 
 @dataclass(frozen=True)
 class SampleResult:
-    """Samples and the number of network evaluations (NFE) it took to make them."""
+    """Samples and the number of network evaluations (NFE) it took to make them.
+
+    ``forward_batch_factor`` is how many rows each evaluation fed the network per sample: 2 under
+    classifier-free guidance (conditional and unconditional in one doubled batch), else 1.
+    """
 
     samples: Tensor
     nfe: int
+    forward_batch_factor: int = 1
 
 
 class NoiseSource:
@@ -63,14 +68,31 @@ class NoiseSource:
 
 
 class CountingModel:
-    """Wraps ``model(x, t, **cond)`` as ``denoise(x, t) -> (x0, eps)`` and counts evaluations."""
+    """Wraps ``model(x, t, **cond)`` as ``denoise(x, t) -> (x0, eps)`` and counts evaluations.
 
-    def __init__(self, model: Callable[..., Tensor], process: GaussianPath, cond: dict) -> None:
+    With ``guidance`` w != 0 it is the classifier-free guided model (Ho & Salimans 2022, eq. 6):
+    out = out_c + w (out_c - out_u) = (1 + w) out_c - w out_u, the conditional (``cond``) and
+    unconditional (``uncond``) outputs of ONE forward pass on the batch concatenated with itself
+    (1 NFE, ``forward_batch_factor`` 2). The outputs are combined in the model's own
+    parametrization; every parametrization is affine in (x0, eps) at fixed (x, t) and the weights
+    sum to one, so this is the same rule applied to eps, x0, score, v or velocity. w = 0 is the
+    conditional model (and runs it alone).
+    """
+
+    def __init__(self, model: Callable[..., Tensor], process: GaussianPath, cond: dict, guidance: float = 0.0,
+                 uncond: dict | None = None) -> None:
         self.model, self.process, self.cond, self.nfe = model, process, cond, 0
+        self.guidance = float(guidance)
+        self.forward_batch_factor = 2 if self.guidance else 1
+        if self.guidance:
+            self.pairs = {k: torch.cat([v, uncond[k]]) for k, v in cond.items()}  # type: ignore[index]
 
     def denoise(self, x: Tensor, t: Tensor) -> Denoised:
         self.nfe += 1
-        return self.process.to_hub(self.model(x, t, **self.cond), x, t)
+        if not self.guidance:
+            return self.process.to_hub(self.model(x, t, **self.cond), x, t)
+        out_c, out_u = self.model(torch.cat([x, x]), torch.cat([t, t]), **self.pairs).chunk(2)
+        return self.process.to_hub(out_c + self.guidance * (out_c - out_u), x, t)
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """dx/dt of the probability-flow ODE (flow ODE for flows): alpha' x0 + sigma' eps."""

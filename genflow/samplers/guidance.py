@@ -1,0 +1,34 @@
+"""Classifier-free guidance (Ho & Salimans 2022): the checks and the unconditional cond.
+
+The guided output itself is formed in ``CountingModel.denoise`` (samplers/common.py), so every
+sampler, the adaptive ODE included, is guided without knowing it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def unconditional(model, cond: dict, uncond: dict | None) -> dict:
+    """The unconditional counterpart of ``cond``: ``uncond`` if given (the same keys and shapes),
+    else ``cond`` with every label ``y`` set to the net's null class, index ``num_classes`` of its
+    class embedding (genflow.nets.embeddings.ClassEmbedding)."""
+    if uncond is None:
+        embed = getattr(getattr(model, "module", model), "class_embed", None)
+        if embed is None or "y" not in cond:
+            raise ValueError("guidance needs class labels (cond={'y': labels}) and a net with a class embedding "
+                             "(num_classes), or the unconditional cond passed as uncond=")
+        return {**cond, "y": torch.full_like(cond["y"], embed.num_classes)}
+    if set(uncond) != set(cond) or any(uncond[k].shape != cond[k].shape for k in cond):
+        raise ValueError(f"uncond must have the keys and shapes of cond ({', '.join(cond) or 'none'}); "
+                         f"got {', '.join(uncond) or 'none'}")
+    return uncond
+
+
+def check_guidance(guidance: float) -> None:
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
+            or guidance < 0:
+        raise ValueError(f"guidance must be a finite number >= 0 (w of Ho & Salimans 2022; 0 is the conditional "
+                         f"model); got {guidance!r}")

@@ -1,0 +1,162 @@
+"""Classifier-free guidance (Ho & Salimans 2022) against the Gaussian-mixture oracle, and label dropout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import genflow
+from genflow.nets import MLP
+from genflow.processes import DDPM, VPSDE
+from genflow.samplers import SAMPLERS, CountingModel, run
+from genflow.testing import GaussianMixture
+
+F64 = dict(dtype=torch.float64)
+MEANS = [[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]]
+
+
+def mixture() -> GaussianMixture:
+    return GaussianMixture.isotropic(MEANS, [1.0, 1.0, 1.0])
+
+
+def conditional_oracle(oracle: GaussianMixture, process, calls: list | None = None):
+    """model(x, t, y): the component-y prediction for y < K, the mixture's for y = K (the null class)."""
+    exact, k = oracle.model(process), oracle.num_components
+
+    def model(x, t, y):
+        if calls is not None:
+            calls.append(y.clone())
+        out = exact(x, t)
+        known = y < k
+        if bool(known.any()):
+            out[known] = exact(x[known], t[known], y=y[known])
+        return out
+
+    return model
+
+
+def labels(n: int, value: int) -> torch.Tensor:
+    return torch.full((n,), value, dtype=torch.long)
+
+
+def noise(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), **F64)
+
+
+def test_guidance_zero_is_the_conditional_model_exactly():
+    torch.manual_seed(0)
+    net = MLP(dim=2, hidden=16, depth=2, num_classes=3).double().eval()
+    process = DDPM(timesteps=100)
+    x, y = noise(64), torch.arange(64) % 3
+    common = dict(sampler="ddim", steps=10, noise=x, cond={"y": y})
+    plain, zero = run(net, process, **common), run(net, process, **common, guidance=0.0)
+    assert torch.equal(plain.samples, zero.samples)
+    assert (zero.nfe, zero.forward_batch_factor) == (10, 1)
+    # A vanishing weight through the doubled batch tends to the conditional model, not the
+    # unconditional one (the halves are not swapped).
+    tiny = run(net, process, **common, guidance=1e-7)
+    uncond = run(net, process, **{**common, "cond": {"y": labels(64, 3)}})
+    assert tiny.forward_batch_factor == 2 and tiny.nfe == 10
+    assert (tiny.samples - plain.samples).abs().max() < 1e-5
+    assert (uncond.samples - plain.samples).abs().max() > 1e-2
+
+
+def test_one_guided_evaluation_is_the_combination_of_two_separate_ones():
+    torch.manual_seed(0)
+    net = MLP(dim=2, hidden=16, depth=2, num_classes=3).double().eval()
+    process, w = VPSDE(), 2.5
+    x, t, y = noise(32), torch.rand(32, **F64) * 0.9 + 0.05, torch.arange(32) % 3
+    with torch.no_grad():
+        hub = CountingModel(net, process, {"y": y}, w, {"y": labels(32, 3)}).denoise(x, t)
+        want = (1 + w) * net(x, t, y) - w * net(x, t, labels(32, 3))  # Ho & Salimans eq. 6 in eps
+        torch.testing.assert_close(hub.eps, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(hub.x0, process.to_hub(want, x, t).x0, rtol=1e-12, atol=1e-12)
+
+
+def test_guidance_is_the_same_in_every_parametrization():
+    """Outputs combined in the model's own space give one guided (x0, eps) for eps, x0, v, score, velocity."""
+    oracle, w = mixture(), 3.0
+    x, t, y = noise(40), torch.linspace(0.05, 0.95, 40, **F64), torch.arange(40) % 3
+    hubs = {}
+    for kind in VPSDE.predictions:
+        process = VPSDE(prediction=kind)
+        hubs[kind] = CountingModel(conditional_oracle(oracle, process), process, {"y": y}, w, {"y": labels(40, 3)}
+                                   ).denoise(x, t)
+    for kind, hub in hubs.items():
+        torch.testing.assert_close(hub.eps, hubs["eps"].eps, rtol=1e-9, atol=1e-9, msg=kind)
+        torch.testing.assert_close(hub.x0, hubs["eps"].x0, rtol=1e-9, atol=1e-9, msg=kind)
+
+
+def closest_mean(x: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(x, torch.tensor(MEANS, **F64)).argmin(1)
+
+
+@pytest.mark.parametrize("sampler,options", [("ddim", {"steps": 50}), ("ode", {"method": "dopri5", "rtol": 1e-5,
+                                                                             "atol": 1e-5})])
+def test_large_guidance_concentrates_samples_on_the_chosen_component(sampler, options):
+    oracle, process, n = mixture(), VPSDE(), 2000
+    model = conditional_oracle(oracle, process)
+    cond, uncond = {"y": labels(n, 0)}, {"y": labels(n, 3)}
+
+    def draw(w: float) -> torch.Tensor:
+        return run(model, process, sampler=sampler, noise=noise(n), cond=cond, uncond=uncond, guidance=w,
+                   **options).samples
+
+    plain, guided = draw(0.0), draw(4.0)
+    exact = oracle.sample(20000, component=0, generator=torch.Generator().manual_seed(1))
+    in_cell = {name: (closest_mean(s) == 0).double().mean().item()
+               for name, s in [("exact", exact), ("w=0", plain), ("w=4", guided)]}
+    print(sampler, in_cell)
+    # w = 0 samples component 0, N(mu_0, I), which leaves its Voronoi cell ~8% of the time.
+    assert abs(in_cell["w=0"] - in_cell["exact"]) < 0.02, in_cell
+    assert in_cell["w=4"] > 0.995 and in_cell["w=4"] > in_cell["w=0"] + 0.04, in_cell
+    spread = {name: torch.linalg.matrix_norm(torch.cov(s.T)).item() for name, s in [("w=0", plain), ("w=4", guided)]}
+    assert spread["w=0"] == pytest.approx(2 ** 0.5, rel=0.12)  # ||I||_F: the component's covariance
+    assert spread["w=4"] < 0.6 * spread["w=0"], spread
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_every_sampler_is_guided_through_one_doubled_forward_per_evaluation(name):
+    oracle, process, n = mixture(), DDPM(timesteps=100), 6
+    calls: list = []
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    options = {"steps": 4} if name != "ode" else {"steps": 4, "method": "rk4"}
+    result = run(conditional_oracle(oracle, process, calls), process, sampler=name, noise=noise(n), cond={"y": y},
+                 uncond={"y": labels(n, 3)}, guidance=2.0, **options)
+    assert result.forward_batch_factor == 2 and result.nfe == len(calls) > 0
+    for call in calls:
+        assert torch.equal(call, torch.cat([y, labels(n, 3)]))
+    assert torch.isfinite(result.samples).all()
+
+
+def test_adaptive_ode_counts_each_doubled_forward_once():
+    oracle, process, n = mixture(), VPSDE(), 8
+    calls: list = []
+    result = run(conditional_oracle(oracle, process, calls), process, sampler="ode", noise=noise(n),
+                 cond={"y": labels(n, 1)}, uncond={"y": labels(n, 3)}, guidance=1.0)
+    assert result.nfe == len(calls) > 10 and all(len(c) == 2 * n for c in calls)
+
+
+def test_the_null_class_defaults_to_the_nets_and_genflow_sample_takes_guidance():
+    torch.manual_seed(0)
+    net = MLP(dim=2, hidden=16, depth=1, num_classes=3).double().eval()
+    process, y = DDPM(timesteps=50), torch.arange(8) % 3
+    common = dict(sampler="ddim", steps=5, noise=noise(8), cond={"y": y}, guidance=1.5)
+    default = genflow.sample(net, process, **common)
+    explicit = genflow.sample(net, process, **common, uncond={"y": labels(8, 3)})
+    assert torch.equal(default, explicit)
+
+
+@pytest.mark.parametrize("classes,kwargs,message", [
+    (3, {"guidance": -1.0}, "guidance must be a finite number >= 0"),
+    (3, {"guidance": float("nan")}, "guidance must be a finite number >= 0"),
+    (3, {"guidance": 1.0, "cond": {}}, "guidance needs class labels"),
+    (3, {"guidance": 1.0, "uncond": {"z": labels(4, 3)}}, "uncond must have the keys and shapes of cond"),
+    (None, {"guidance": 1.0}, "guidance needs class labels .* and a net with a class embedding"),
+])
+def test_bad_guidance_is_refused_in_one_line(classes, kwargs, message):
+    net = MLP(dim=2, hidden=8, depth=1, num_classes=classes)
+    args = {"cond": {"y": labels(4, 0)}, **kwargs}
+    with pytest.raises(ValueError, match=message) as err:
+        run(net, DDPM(timesteps=10), sampler="ddim", steps=2, shape=(4, 2), **args)
+    assert "\n" not in str(err.value)
