@@ -160,3 +160,68 @@ def test_bad_guidance_is_refused_in_one_line(classes, kwargs, message):
     with pytest.raises(ValueError, match=message) as err:
         run(net, DDPM(timesteps=10), sampler="ddim", steps=2, shape=(4, 2), **args)
     assert "\n" not in str(err.value)
+
+
+# ------------------------------------------------------------------ training: label dropout
+DIGITS = ["model.channels=8", "model.norm_groups=8", "model.num_classes=10", "trainer.device=cpu",
+          "trainer.progress=false", "trainer.sample_every=0", "sampler.steps=2"]
+
+
+def trainer(tmp_path, *extra: str):
+    from genflow.training import Trainer, compose
+
+    return Trainer(compose([*DIGITS, f"run_dir={tmp_path}", *extra]))
+
+
+def test_label_dropout_rate_and_independence_of_the_world_size(tmp_path):
+    from genflow.training.distributed import Dist
+
+    one = trainer(tmp_path, "trainer.batch_size=1024", "trainer.cond_drop_prob=0.5")
+    drops, nulls = [], 0
+    y = torch.arange(1024) % 10
+    for step in range(4):
+        one.step = step
+        drop = one.draws()[3]
+        drops.append(drop)
+        given = one.prepare(torch.zeros(1024, 1, 8, 8), y, drop, drop)[1]["y"]
+        assert torch.equal(given[drop], torch.full_like(y[drop], 10)) and torch.equal(given[~drop], y[~drop])
+        nulls += int(drop.sum())
+        # two ranks take global positions r, r + 2, ...: together the same drops as one process
+        shares = [share_of_rank(one, rank, world=2) for rank in (0, 1)]
+        assert torch.equal(torch.stack(shares, 1).reshape(-1), drop)
+    n = 4 * 1024  # Binomial(4096, 1/2): sd 32, so 6 sd is 192
+    assert abs(nulls - n / 2) < 192, nulls
+    assert not torch.equal(drops[0], drops[1])  # a fresh draw each step
+
+
+def share_of_rank(one, rank: int, world: int) -> torch.Tensor:
+    """The drops ``one``'s step would give ``rank`` of ``world`` ranks."""
+    import dataclasses
+
+    saved = one.dist
+    one.dist = dataclasses.replace(saved, rank=rank, world=world)
+    try:
+        return one.draws()[3]
+    finally:
+        one.dist = saved
+
+
+def test_no_label_dropout_by_default(tmp_path):
+    plain = trainer(tmp_path, "trainer.batch_size=1024")
+    for step in range(3):
+        plain.step = step
+        assert not plain.draws()[3].any()
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["trainer.cond_drop_prob=1.0"], "trainer.cond_drop_prob must be in [0, 1); got 1.0"),
+    (["trainer.cond_drop_prob=-0.1"], "trainer.cond_drop_prob must be in [0, 1); got -0.1"),
+    (["model.num_classes=null", "trainer.cond_drop_prob=0.1"], "trainer.cond_drop_prob=0.1 needs a conditional model"),
+    (["model.num_classes=3"], "model has num_classes=3 but the data have 10"),
+])
+def test_label_dropout_config_errors_are_one_line_with_exit_2(tmp_path, capsys, overrides, message):
+    from genflow.train import main
+
+    assert main([*DIGITS, f"run_dir={tmp_path}", "trainer.steps=1", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err

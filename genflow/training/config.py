@@ -47,6 +47,7 @@ class TrainerConfig:
     max_bad_steps: int = 10           # stop after this many non-finite steps in a row (fp16's first
                                       # loss-scale overflows count too: they are skipped steps)
     progress: bool = True
+    cond_drop_prob: float = 0.0       # classifier-free guidance: P(label -> null class) per example
 
 
 @dataclass
@@ -129,6 +130,8 @@ def _check_trainer(t: TrainerConfig) -> None:
         raise ConfigError(f"trainer.ema_decay must be in [0, 1); got {t.ema_decay}")
     if t.lr <= 0:
         raise ConfigError(f"trainer.lr must be > 0; got {t.lr}")
+    if not 0.0 <= t.cond_drop_prob < 1.0:
+        raise ConfigError(f"trainer.cond_drop_prob must be in [0, 1); got {t.cond_drop_prob}")
 
 
 def trainer_config(cfg: dict) -> TrainerConfig:

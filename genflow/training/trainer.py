@@ -3,7 +3,7 @@
 Randomness that decides the objective (which examples, their t, noise and flips) is a function
 of (seed, step) and of each example's place in the global batch, never of the rank: a run on W
 ranks takes the same steps as one process with the same global batch, and a resumed run the
-same steps as an uninterrupted one. Each rank's own generator (seeded ``seed * world + rank``)
+same steps as an uninterrupted one (label dropout for classifier-free guidance included). Each rank's own generator (seeded ``seed * world + rank``)
 serves what is local, such as dropout. One exception: minibatch-OT coupling (``flow_ot``) pairs
 data and noise within each rank's micro-batch, so its pairing depends on the batch per rank.
 """
@@ -53,9 +53,14 @@ def check_fit(net: torch.nn.Module, data: datasets.Data, model_name: str) -> Non
     elif getattr(net, "dim", None) is not None and net.dim != math.prod(data.shape):
         raise ConfigError(f"model {model_name!r} takes {net.dim} values per example but the data have shape "
                           f"{tuple(data.shape)}; set model.dim={math.prod(data.shape)}")
-    classes = getattr(getattr(net, "class_embed", None), "num_classes", None)
+    classes = num_classes(net)
     if classes is not None and classes != data.num_classes:
         raise ConfigError(f"model has num_classes={classes} but the data have {data.num_classes}")
+
+
+def num_classes(net: torch.nn.Module) -> int | None:
+    """The classes of a conditional net (its null class is this index), None if unconditional."""
+    return getattr(getattr(net, "class_embed", None), "num_classes", None)
 
 
 def default_run_dir(cfg: dict) -> Path:
@@ -85,6 +90,9 @@ class Trainer:
         torch.manual_seed(self.tc.seed)  # the same initial weights on every rank
         self.net = nets.build(self.cfg["model"]).to(self.device)
         check_fit(self.net, self.data, cfg["model"]["name"])
+        if self.tc.cond_drop_prob > 0 and num_classes(self.net) is None:
+            raise ConfigError(f"trainer.cond_drop_prob={self.tc.cond_drop_prob} needs a conditional model; set "
+                              "model.num_classes (the data's class count) or cond_drop_prob=0")
         self.ema = EMA(self.net, self.tc.ema_decay, self.tc.ema_warmup)
         self.model = self._wrap(self.net)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.tc.lr, betas=tuple(self.tc.betas),
@@ -165,8 +173,8 @@ class Trainer:
                                 generator=torch.Generator().manual_seed(self.tc.seed + epoch))  # not the global RNG
             yield from loader
 
-    def draws(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Uniforms for t, noise and flips for the whole global batch; this rank's share.
+    def draws(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Uniforms for t, noise, flips and label drops for the whole global batch; this rank's share.
 
         DistributedSampler hands rank r the global positions r, r + W, r + 2W, ...
         """
@@ -175,21 +183,26 @@ class Trainer:
         u = torch.rand(B, generator=g, device=self.device)
         noise = torch.randn((B, *shape), generator=g, device=self.device)
         flip = torch.rand(B, generator=g, device=self.device) < 0.5
+        drop = torch.rand(B, generator=g, device=self.device) < self.tc.cond_drop_prob
         mine = slice(self.dist.rank, None, self.dist.world)
-        return u[mine], noise[mine], flip[mine]
+        return u[mine], noise[mine], flip[mine], drop[mine]
 
-    def prepare(self, x: Tensor, y: Tensor, flip: Tensor) -> tuple[Tensor, dict]:
+    def prepare(self, x: Tensor, y: Tensor, flip: Tensor, drop: Tensor) -> tuple[Tensor, dict]:
+        """Flip images; labels for a conditional net, each ``drop`` one set to the null class
+        (classifier-free guidance's joint training, Ho & Salimans 2022, Alg. 1)."""
         x = x.to(self.device, non_blocking=True)
         if self.data.flip:
             x = torch.where(flip.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
-        cond = {"y": y.to(self.device)} if self.data.num_classes and getattr(self.net, "class_embed", None) else {}
-        return x, cond
+        classes = num_classes(self.net)
+        if not (self.data.num_classes and classes):
+            return x, {}
+        return x, {"y": torch.where(drop, classes, y.to(self.device))}
 
     # ------------------------------------------------------------------- step
     def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Forward and backward over the micro-batches, then one guarded optimizer step."""
-        u, noise, flip = self.draws()
-        x, cond = self.prepare(x, y, flip)
+        u, noise, flip, drop = self.draws()
+        x, cond = self.prepare(x, y, flip, drop)
         self.opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         parts = self.tc.micro_batches
@@ -250,12 +263,14 @@ class Trainer:
 
         options = dict(self.cfg["sampler"])
         shape = (self.tc.num_samples, *self.data.shape)
-        out = samplers.sample(self.ema.model, self.process, sampler=options.pop("name"), shape=shape,
+        classes = num_classes(self.net)  # a conditional net: slot i shows class i % classes, one per column
+        cond = {"y": torch.arange(shape[0], device=self.device) % classes} if classes else {}
+        out = samplers.sample(self.ema.model, self.process, sampler=options.pop("name"), shape=shape, cond=cond,
                               device=self.device, generator=torch.Generator().manual_seed(self.tc.seed), **options)
         path = self.run_dir / "samples" / f"step_{self.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         if len(self.data.shape) == 3:
-            nrow = max(1, int(math.sqrt(self.tc.num_samples)))
+            nrow = classes or max(1, int(math.sqrt(self.tc.num_samples)))
             save_image((out.float().clamp(-1, 1) + 1) / 2, path, nrow=nrow)
         else:
             datasets.render_points(out.float().reshape(len(out), -1)[:, :2].cpu(), path)
