@@ -225,3 +225,64 @@ def test_label_dropout_config_errors_are_one_line_with_exit_2(tmp_path, capsys, 
     assert main([*DIGITS, f"run_dir={tmp_path}", "trainer.steps=1", *overrides]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err, err
+
+
+# ------------------------------------------------------------------ genflow-sample --class --guidance
+def test_sample_cli_takes_classes_and_guidance(tmp_path, capsys, monkeypatch):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from genflow.cli.sample import main as sample_main
+    from genflow.nets import UNet
+
+    trainer(tmp_path / "run", "trainer.batch_size=16", "trainer.steps=2", "trainer.ckpt_every=2",
+            "trainer.num_samples=4", "trainer.cond_drop_prob=0.2").fit()
+    # the training grid shows class i % 10 in slot i, a class per column: 4 slots, one row
+    assert Image.open(tmp_path / "run" / "samples" / "step_0000002.png").size == (4 * 10 + 2, 8 + 2 * 2)
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    common = ["--ckpt", ckpt, "--sampler", "ddim", "--steps", "3", "--num", "5", "--no-progress"]
+
+    def sample(name: str, *flags: str) -> tuple[dict, np.ndarray, np.ndarray]:
+        assert sample_main([*common, "--out", str(tmp_path / name), *flags]) == 0
+        files = np.load(tmp_path / name / "samples.npz")
+        return json.loads((tmp_path / name / "info.json").read_text()), files["samples"], files["labels"]
+
+    seen: list = []
+    forward = UNet.forward
+    monkeypatch.setattr(UNet, "forward", lambda self, x, t, y=None: seen.append(y.tolist()) or forward(self, x, t, y))
+    info, guided, y = sample("guided", "--class", "3", "--guidance", "2")
+    assert (tmp_path / "guided" / "grid.png").stat().st_size > 0
+    assert (info["classes"], info["guidance"], info["forward_batch_factor"], info["nfe_per_sample"]) == ([3], 2.0, 2, 3)
+    assert y.tolist() == [3] * 5 and seen == [[3] * 5 + [10] * 5] * 3  # 3 doubled forwards: class 3, then null
+    seen.clear()
+    info, plain, y = sample("plain")  # default: class i % 10, conditional (w = 0), no doubled batch
+    assert (info["classes"], info["guidance"], info["forward_batch_factor"], info["nfe_per_sample"]) == (
+        list(range(10)), 0.0, 1, 3)
+    assert y.tolist() == [0, 1, 2, 3, 4] and seen == [[0, 1, 2, 3, 4]] * 3
+    _, three, _ = sample("three", "--class", "3")  # sample i keeps its noise (seed + i) whatever its class
+    np.testing.assert_allclose(three[3], plain[3], rtol=0, atol=1e-6)
+    _, _, y = sample("cycle", "--class", "1,7", "--batch-size", "2")
+    assert y.tolist() == [1, 7, 1, 7, 1] and seen[-3:] == [[1]] * 3  # the last batch holds sample 4 alone
+    capsys.readouterr()
+    for bad, message in [(["--class", "10"], "--class takes class indices in [0, 10)"),
+                         (["--class", "-1"], "--class takes class indices in [0, 10)"),
+                         (["--class", "two"], "--class takes class indices in [0, 10)"),
+                         (["--guidance", "-0.5"], "--guidance must be a finite number >= 0"),
+                         (["--guidance", "nan"], "--guidance must be a finite number >= 0")]:
+        assert sample_main([*common, "--out", str(tmp_path / "bad"), *bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+
+
+def test_sample_cli_refuses_classes_and_guidance_on_an_unconditional_checkpoint(tmp_path, capsys):
+    from genflow.cli.sample import main as sample_main
+
+    trainer(tmp_path / "run", "model.num_classes=null", "trainer.batch_size=16", "trainer.steps=1",
+            "trainer.ckpt_every=1", "trainer.num_samples=1").fit()
+    ckpt = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    for flags in (["--class", "3"], ["--guidance", "1"]):
+        assert sample_main(["--ckpt", ckpt, "--num", "2", "--no-progress", "--out", str(tmp_path / "s"), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "need a class-conditional checkpoint" in err, err
