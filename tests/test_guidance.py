@@ -174,8 +174,6 @@ def trainer(tmp_path, *extra: str):
 
 
 def test_label_dropout_rate_and_independence_of_the_world_size(tmp_path):
-    from genflow.training.distributed import Dist
-
     one = trainer(tmp_path, "trainer.batch_size=1024", "trainer.cond_drop_prob=0.5")
     drops, nulls = [], 0
     y = torch.arange(1024) % 10

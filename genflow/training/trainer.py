@@ -1,9 +1,9 @@
 """The training loop, split into named phases: build, resume, batch, step, log, sample, save.
 
-Randomness that decides the objective (which examples, their t, noise and flips) is a function
+Randomness that decides the objective (which examples, their t, noise, flips, label drops) is a function
 of (seed, step) and of each example's place in the global batch, never of the rank: a run on W
 ranks takes the same steps as one process with the same global batch, and a resumed run the
-same steps as an uninterrupted one (label dropout for classifier-free guidance included). Each rank's own generator (seeded ``seed * world + rank``)
+same steps as an uninterrupted one. Each rank's own generator (seeded ``seed * world + rank``)
 serves what is local, such as dropout. One exception: minibatch-OT coupling (``flow_ot``) pairs
 data and noise within each rank's micro-batch, so its pairing depends on the batch per rank.
 """
