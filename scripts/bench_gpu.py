@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,16 +99,20 @@ def timed(setup: Setup, fn, warmup: int, repeats: int) -> float:
 
 def measured(setup: Setup, row: Row, work) -> Row:
     """Fill ``row`` from ``work() -> seconds per batch``, with the peak memory of the row."""
+    gc.collect()
+    torch._dynamo.reset()  # compiled code of earlier rows holds their nets
     if setup.cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(setup.device)
+    start = time.perf_counter()
     try:
         seconds = work()
     except Exception as err:  # noqa: BLE001 (a row that cannot run says why; the table goes on)
         row.note = f"failed: {type(err).__name__}: {str(err).strip().splitlines()[0][:80] if str(err).strip() else ''}"
-        return row
-    row.images_per_s = row.batch / seconds
-    row.peak_gib = torch.cuda.max_memory_allocated(setup.device) / 2**30 if setup.cuda else None
+    else:
+        row.images_per_s = row.batch / seconds
+        row.peak_gib = torch.cuda.max_memory_allocated(setup.device) / 2**30 if setup.cuda else None
+    print(f"{row.part} | {row.config}: {time.perf_counter() - start:.1f} s with warm-up", file=sys.stderr, flush=True)
     return row
 
 
