@@ -234,7 +234,7 @@ def digits_run(device: torch.device, steps: int, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", "--cpu-smoke", dest="smoke", action="store_true",
-                        help="a tiny UNet on the CPU, 2 steps per row (checks the script; compile and CUDA-graph rows n/a)")
+                        help="a tiny UNet on the CPU, 2 steps per row (checks the script; no compile or CUDA graphs)")
     parser.add_argument("--train-batch", type=int, default=128)
     parser.add_argument("--sample-batch", type=int, default=256)
     parser.add_argument("--small-batch", type=int, default=16)

@@ -112,6 +112,16 @@ def test_a_model_error_under_compile_stays_an_error_and_compile_stays_on(monkeyp
     assert model.eager_reason is None
 
 
+def test_a_cnf_trains_eagerly_under_compile_with_one_line(tmp_path, monkeypatch, capsys):
+    # AOTAutograd (inductor's front end) refuses double backward, which the CNF's divergence needs
+    monkeypatch.setitem(accel.COMPILE_OPTIONS, "backend", "aot_eager")
+    trainer = fit(tmp_path, "process=cnf", "process.steps=2", "trainer.steps=2", "trainer.ckpt_every=2",
+                  "trainer.compile=true")
+    assert trainer.step == 2 and trainer.skipped == 0 and trainer.model is trainer.net
+    said = [line for line in capsys.readouterr().err.splitlines() if "torch.compile" in line]
+    assert len(said) == 1 and "differentiates the net twice" in said[0] and said[0].endswith("running eager")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("GENFLOW_SLOW"), reason="inductor's first CPU compile takes ~20-40 s; "
                     "set GENFLOW_SLOW=1")
@@ -227,7 +237,8 @@ def test_sample_cli_precision_and_compile_switches(toy_ckpt, tmp_path, monkeypat
     assert graphs
     np.testing.assert_allclose(compiled, plain, rtol=1e-6, atol=1e-6)
     info = json.loads((tmp_path / "compiled" / "info.json").read_text())
-    assert (info["precision"], info["compile"], info["channels_last"], info["cuda_graph"]) == ("fp32", True, True, False)
+    flags = (info["precision"], info["compile"], info["channels_last"], info["cuda_graph"])
+    assert flags == ("fp32", True, True, False)
 
 
 @pytest.mark.parametrize("flags,message", [

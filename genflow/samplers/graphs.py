@@ -23,7 +23,8 @@ def check_graphable(sampler: str, device: torch.device | str, method: str | None
     if sampler not in GRAPH_SAMPLERS:
         raise ValueError(f"CUDA graphs take the fixed-step samplers {', '.join(GRAPH_SAMPLERS)}; got {sampler!r}")
     if sampler == "ode" and method not in FIXED_GRID_METHODS:
-        raise ValueError(f"CUDA graphs take the ode sampler with a fixed-grid method ({', '.join(FIXED_GRID_METHODS)}); "
+        raise ValueError(f"CUDA graphs take the ode sampler with a fixed-grid method "
+                         f"({', '.join(FIXED_GRID_METHODS)}); "
                          f"{method!r} is adaptive (its step control syncs with the host every step)")
     if torch.device(device).type != "cuda":
         raise ValueError(f"CUDA graphs need a CUDA device; got {str(device)!r}")
@@ -63,7 +64,9 @@ class _Captured:
 
 class CUDAGraphModel:
     """``model(x, t, **cond)`` recorded in a CUDA graph at its first call with each input signature
-    (shapes, dtypes) and replayed afterwards; the graphs share one memory pool.
+    (shapes, dtypes) and replayed afterwards. The graphs share one memory pool: each replay's output
+    is cloned at once and the static inputs live outside the pool, so no graph holds memory that
+    another's replay may overwrite, in any replay order.
 
     ``model`` must be a pure function of its inputs on the GPU (an eval-mode net: no dropout, no
     host synchronisation). Call it under ``torch.no_grad()``, as the samplers do.

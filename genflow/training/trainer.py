@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -105,8 +106,7 @@ class Trainer:
         if self.device.type == "cuda":
             accel.set_tf32(self.tc.tf32)
         self.ema = EMA(self.net, self.tc.ema_decay, self.tc.ema_warmup)
-        # Compile the bare net (inside DDP, not around it); checkpoints save self.net's own keys.
-        self.model = self._wrap(accel.Compiled(self.net) if self.tc.compile else self.net)
+        self.model = self._wrap(self._compiled(self.net) if self.tc.compile else self.net)
         self.opt_flags = accel.adamw_options(self.net.parameters())
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.tc.lr, betas=tuple(self.tc.betas),
                                      weight_decay=self.tc.weight_decay, **self.opt_flags)
@@ -138,6 +138,15 @@ class Trainer:
         # The nets' buffers are constants (embedding frequencies): not broadcasting them keeps the
         # collectives per step fixed even when an adaptive ODE solver (CNF) takes rank-dependent NFE.
         return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+
+    def _compiled(self, net: torch.nn.Module) -> torch.nn.Module:
+        """The bare net compiled (inside DDP, not around it); checkpoints save self.net's own keys."""
+        if self.process.double_backward:
+            if self.dist.main:
+                print(f"genflow: torch.compile is not used for {self.process!r}: its loss differentiates the net "
+                      "twice, which torch.compile does not support; running eager", file=sys.stderr, flush=True)
+            return net
+        return accel.Compiled(net)
 
     def _autocast(self):
         return accel.autocast(self.device.type, self.tc.precision)
