@@ -15,7 +15,7 @@ USAGE = """usage: genflow-train [GROUP=OPTION ...] [KEY=VALUE ...]
 Hydra overrides of configs/config.yaml. Groups and their options:
 {groups}
 Common keys: trainer.steps trainer.batch_size (global) trainer.lr trainer.ckpt_every
-trainer.sample_every trainer.precision (off|bf16|fp16) trainer.seed run_dir=PATH.
+trainer.sample_every trainer.precision (fp32|bf16|fp16) trainer.compile trainer.channels_last trainer.seed run_dir=PATH.
 Running the same command again resumes from RUN_DIR/checkpoints/last.pt.
 Under torchrun every worker runs this; all share one run folder and only rank 0 writes."""
 

@@ -88,3 +88,86 @@ def test_flow_matching_ot_coupling_on_cuda():
     # the pairing is a permutation of the noise that does not increase the transport cost
     assert torch.allclose(paired.sort(0).values, noise.sort(0).values)
     assert ((paired - x0).square().sum() <= (noise - x0).square().sum() + 1e-4)
+
+
+# ------------------------------------------------------------ the GPU fast path (genflow.accel)
+FIXED_STEP = [("ddim", {}), ("ddpm", {}), ("euler_maruyama", {}), ("pc", {}), ("ode", {"method": "rk4"})]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("sampler,options", FIXED_STEP)
+def test_cuda_graph_samples_equal_eager_samples(sampler, options, precision):
+    from genflow.accel import FastModel
+    from genflow.samplers import CUDAGraphModel
+    from test_nets import randomize, small_unet
+
+    process = DDPM() if sampler in ("ddim", "ddpm") else VPSDE()
+    torch.manual_seed(0)
+    net = randomize(small_unet()).to(CUDA).requires_grad_(False)
+    model = FastModel(net, precision)
+
+    def draw(m, n):
+        return genflow.sample(m, process, sampler=sampler, steps=8, shape=(n, 1, 8, 8), device=CUDA,
+                              generator=torch.Generator().manual_seed(3), **options)
+
+    eager = draw(model, 8)
+    graphed_model = CUDAGraphModel(model)
+    graphed = draw(graphed_model, 8)
+    tol = 1e-5 if precision == "fp32" else 2e-2  # the same kernels replayed; bf16: its rounding
+    torch.testing.assert_close(graphed, eager, rtol=tol, atol=tol)
+    small = draw(graphed_model, 4)  # a second capture; a sample does not depend on its batch
+    assert len(graphed_model.graphs) == 2
+    torch.testing.assert_close(small, graphed[:4], rtol=tol, atol=2 * tol)
+
+
+def cuda_tiny(run_dir, *extra):
+    from test_training import tiny
+
+    return [o for o in tiny(run_dir) if o != "trainer.device=cpu"] + ["trainer.device=cuda", *extra]
+
+
+def test_trainer_fast_path_on_cuda_compiles_fuses_and_keeps_checkpoint_keys(tmp_path):
+    from genflow.training import checkpoint
+    from genflow.training.config import compose
+    from genflow.training.trainer import Trainer
+
+    trainer = Trainer(compose(cuda_tiny(tmp_path, "trainer.steps=3", "trainer.ckpt_every=3",
+                                        "trainer.precision=bf16", "trainer.compile=true")))
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    assert all(group["fused"] for group in trainer.opt.param_groups)
+    trainer.fit()
+    assert trainer.model.eager_reason is None, trainer.model.eager_reason  # inductor compiled it
+    assert trainer.skipped == 0
+    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    genflow.nets.build(state["config"]["model"]).load_state_dict(state["model"])  # strict: the bare keys
+    Trainer(compose(cuda_tiny(tmp_path / "off", "trainer.tf32=false")))
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
+def test_trainer_channels_last_bf16_images_on_cuda(tmp_path):
+    from genflow.training.config import compose
+    from genflow.training.trainer import Trainer
+
+    overrides = [o for o in cuda_tiny(tmp_path) if not o.startswith(("data", "model", "process"))]
+    trainer = Trainer(compose([*overrides, "model.channels=8", "model.norm_groups=8", "trainer.steps=3",
+                               "trainer.ckpt_every=3", "trainer.num_samples=4", "sampler.steps=2",
+                               "trainer.precision=bf16", "trainer.channels_last=true", "trainer.num_workers=1"]))
+    trainer.fit()
+    assert trainer.channels_last and trainer.skipped == 0
+    assert (tmp_path / "samples" / "step_0000003.png").exists()
+
+
+def test_sample_cli_cuda_graph_bf16_matches_eager(tmp_path):
+    import numpy as np
+
+    from genflow.cli.sample import main as sample_main
+    from test_training import fit
+
+    fit(tmp_path / "run", "trainer.steps=2", "trainer.ckpt_every=2")
+    common = ["--ckpt", str(tmp_path / "run" / "checkpoints" / "last.pt"), "--device", "cuda", "--sampler", "ddim",
+              "--steps", "10", "--num", "6", "--batch-size", "4", "--no-progress", "--precision", "bf16"]
+    assert sample_main([*common, "--out", str(tmp_path / "eager")]) == 0
+    assert sample_main([*common, "--out", str(tmp_path / "graph"), "--cuda-graph"]) == 0
+    eager, graph = (np.load(tmp_path / d / "samples.npz")["samples"] for d in ("eager", "graph"))
+    np.testing.assert_allclose(graph, eager, rtol=2e-2, atol=2e-2)

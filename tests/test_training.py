@@ -231,7 +231,7 @@ def test_a_corrupt_last_checkpoint_stops_the_run_and_stays(tmp_path, capsys):
         (["trainer.stpes=5"], "stpes"),
         (["process=foo"], "unknown process option 'foo'; available: cnf, ddpm, flow, flow_ot, subvpsde, vesde, vpsde"),
         (["trainer.steps=abc"], "trainer.steps: Value 'abc' of type 'str' could not be converted to Integer"),
-        (["trainer.precision=fp8"], "trainer.precision must be one of off, bf16, fp16"),
+        (["trainer.precision=fp8"], "trainer.precision must be one of fp32, bf16, fp16"),
         (["model.chanels=8"], "chanels"),
         (["model=unet_mnist"], "expects images (1, 28, 28)"),
         (["trainer.batch_size=30", "trainer.micro_batches=4"], "must divide evenly"),

@@ -70,6 +70,8 @@ class GaussianPath(ABC):
     discrete: bool = False
     #: False for flows: their g^2 blows up at t_max, so only deterministic samplers apply.
     has_reverse_sde: bool = True
+    #: True when the loss differentiates the model twice (a CNF's divergence): torch.compile cannot.
+    double_backward: bool = False
     t_min: float = 0.0
     t_max: float = 1.0
 

@@ -30,6 +30,8 @@ class CNF(FlowMatching):
             with 0.05 each, 3.5 and 3.3.
     """
 
+    double_backward = True  # the loss backpropagates through the divergence's autograd pass
+
     def __init__(self, method: str = "rk4", steps: int = 10, rtol: float = 1e-5, atol: float = 1e-5,
                  adjoint: bool = False, exact_divergence: bool = False, kinetic: float = 0.05,
                  jacobian: float = 0.05, prediction: str = "velocity") -> None:

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from genflow.processes.base import GaussianPath
 from genflow.samplers.common import CountingModel, NoiseSource, SampleResult, check_steps, full_time, time_grid
 from genflow.samplers.ddim import DDIM, DDPMAncestral, ddim_step
+from genflow.samplers.graphs import CUDAGraphModel, check_graphable
 from genflow.samplers.guidance import check_guidance, unconditional
 from genflow.samplers.ode import ODE, integrate
 from genflow.samplers.sde import EulerMaruyama, PredictorCorrector
@@ -128,6 +129,6 @@ def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", s
 
 
 __all__ = [
-    "DDIM", "ODE", "SAMPLERS", "DDPMAncestral", "EulerMaruyama", "NoiseSource", "PredictorCorrector",
-    "SampleResult", "encode", "make", "run", "sample", "time_grid",
+    "DDIM", "ODE", "SAMPLERS", "CUDAGraphModel", "DDPMAncestral", "EulerMaruyama", "NoiseSource",
+    "PredictorCorrector", "SampleResult", "check_graphable", "encode", "make", "run", "sample", "time_grid",
 ]

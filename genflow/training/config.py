@@ -15,8 +15,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from genflow.accel import PRECISIONS
+
 GROUPS = ("process", "model", "data", "sampler", "trainer")
-PRECISIONS = ("off", "bf16", "fp16")
+PRECISION_ALIASES = {"off": "fp32"}  # the name before the GPU fast path
 
 
 class ConfigError(ValueError):
@@ -35,10 +37,13 @@ class TrainerConfig:
     grad_clip: float = 1.0            # max global gradient norm; 0 turns clipping off
     ema_decay: float = 0.999
     ema_warmup: bool = True
-    precision: str = "off"            # off | bf16 | fp16 (with a grad scaler)
+    precision: str = "fp32"           # fp32 | bf16 | fp16 (autocast; fp16 with a grad scaler)
+    tf32: bool = True                 # TF32 matmuls and convolutions on CUDA (Ampere and newer)
+    channels_last: bool = False       # channels-last memory format for image data (4-D); vectors ignore it
+    compile: bool = False             # torch.compile the net (eager, with one line, where it cannot)
     seed: int = 0
     device: str = "auto"              # auto | cuda | cpu
-    num_workers: int = 0              # DataLoader workers per rank
+    num_workers: int = 0              # DataLoader workers per rank (persistent across epochs)
     log_every: int = 50
     ckpt_every: int = 500
     sample_every: int = 1000          # 0: only at the end
@@ -111,6 +116,7 @@ def validate(cfg: dict) -> dict:
     except OmegaConfBaseException as err:
         raise ConfigError(_one_line(err)) from None
     out = OmegaConf.to_container(merged, resolve=True)
+    out["trainer"]["precision"] = PRECISION_ALIASES.get(out["trainer"]["precision"], out["trainer"]["precision"])
     trainer = TrainerConfig(**out["trainer"])
     _check_trainer(trainer)
     return out

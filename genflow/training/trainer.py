@@ -14,17 +14,18 @@ import contextlib
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
+from genflow import accel, nets, processes, samplers
 from genflow import data as datasets
-from genflow import nets, processes, samplers
 from genflow.processes.base import GaussianPath
 from genflow.training import checkpoint, distributed
 from genflow.training.config import ConfigError, trainer_config
@@ -72,6 +73,20 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
     return torch.Generator(device=device).manual_seed((seed << 32) + step)
 
 
+class EpochOrder(Sampler):
+    """The indices of the current epoch, set between epochs: one DataLoader (and its persistent
+    workers) serves every epoch."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 class Trainer:
     """``Trainer(cfg).fit()``: ``cfg`` is the checked plain dict from ``config.compose``."""
 
@@ -93,10 +108,16 @@ class Trainer:
         if self.tc.cond_drop_prob > 0 and num_classes(self.net) is None:
             raise ConfigError(f"trainer.cond_drop_prob={self.tc.cond_drop_prob} needs a conditional model; set "
                               "model.num_classes (the data's class count) or cond_drop_prob=0")
+        self.channels_last = self.tc.channels_last and len(self.data.shape) == 3  # images only
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            accel.set_tf32(self.tc.tf32)
         self.ema = EMA(self.net, self.tc.ema_decay, self.tc.ema_warmup)
-        self.model = self._wrap(self.net)
+        self.model = self._wrap(self._compiled(self.net) if self.tc.compile else self.net)
+        self.opt_flags = accel.adamw_options(self.net.parameters())
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=self.tc.lr, betas=tuple(self.tc.betas),
-                                     weight_decay=self.tc.weight_decay)
+                                     weight_decay=self.tc.weight_decay, **self.opt_flags)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.tc.precision == "fp16")
         self.sampler = DistributedSampler(self.data.train, num_replicas=self.dist.world, rank=self.dist.rank,
                                           shuffle=True, seed=self.tc.seed)
@@ -126,11 +147,17 @@ class Trainer:
         # collectives per step fixed even when an adaptive ODE solver (CNF) takes rank-dependent NFE.
         return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
 
+    def _compiled(self, net: torch.nn.Module) -> torch.nn.Module:
+        """The bare net compiled (inside DDP, not around it); checkpoints save self.net's own keys."""
+        if self.process.double_backward:
+            if self.dist.main:
+                print(f"genflow: torch.compile is not used for {self.process!r}: its loss differentiates the net "
+                      "twice, which torch.compile does not support; running eager", file=sys.stderr, flush=True)
+            return net
+        return accel.Compiled(net)
+
     def _autocast(self):
-        if self.tc.precision == "off":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.tc.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return accel.autocast(self.device.type, self.tc.precision)
 
     # ----------------------------------------------------------------- resume
     @property
@@ -149,7 +176,10 @@ class Trainer:
                                   f"use a new run_dir or the same {key} settings")
         self.net.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["optimizer"])
+        # This device's fused/foreach flags, not the saving run's (a fused CUDA run resumed on a CPU);
+        # load_state_dict places the step counters by them.
+        groups = [{**group, **self.opt_flags} for group in state["optimizer"]["param_groups"]]
+        self.opt.load_state_dict({**state["optimizer"], "param_groups": groups})
         if state["scaler"]:  # empty when the run was not fp16: a fresh scaler then starts
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
@@ -163,14 +193,15 @@ class Trainer:
     # ------------------------------------------------------------------ batch
     def batches(self):
         """This rank's (x, y) batches from the current step on, epoch after epoch."""
+        order = EpochOrder()
+        workers = self.tc.num_workers
+        loader = DataLoader(self.data.train, batch_size=self.per_rank, sampler=order, num_workers=workers,
+                            drop_last=True, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                            generator=torch.Generator().manual_seed(self.tc.seed))  # not the global RNG
         while True:
             epoch, start = divmod(self.step, self.steps_per_epoch)
             self.sampler.set_epoch(epoch)
-            order = list(self.sampler)[start * self.per_rank: self.steps_per_epoch * self.per_rank]
-            loader = DataLoader(self.data.train, batch_size=self.per_rank, sampler=order,
-                                num_workers=self.tc.num_workers, drop_last=True,
-                                pin_memory=self.device.type == "cuda",
-                                generator=torch.Generator().manual_seed(self.tc.seed + epoch))  # not the global RNG
+            order.order = list(self.sampler)[start * self.per_rank: self.steps_per_epoch * self.per_rank]
             yield from loader
 
     def draws(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -193,6 +224,8 @@ class Trainer:
         x = x.to(self.device, non_blocking=True)
         if self.data.flip:
             x = torch.where(flip.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
+        if self.channels_last:
+            x = accel.channels_last(x)
         classes = num_classes(self.net)
         if not (self.data.num_classes and classes):
             return x, {}
@@ -203,6 +236,8 @@ class Trainer:
         """Forward and backward over the micro-batches, then one guarded optimizer step."""
         u, noise, flip, drop = self.draws()
         x, cond = self.prepare(x, y, flip, drop)
+        if self.channels_last:
+            noise = accel.channels_last(noise)
         self.opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)
         parts = self.tc.micro_batches

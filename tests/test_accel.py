@@ -1,0 +1,294 @@
+"""The GPU fast path on the CPU: compile with its eager fallback, channels-last, precision names,
+optimizer flags, persistent loader workers, genflow-sample's switches and the benchmark's smoke run.
+The same switches on a GPU are checked in tests/test_cuda.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genflow import accel, nets
+from genflow.cli.sample import main as sample_main
+from genflow.nets import UNet
+from genflow.samplers import CUDAGraphModel, check_graphable
+from genflow.training import checkpoint
+from genflow.training.config import compose
+from genflow.training.trainer import Trainer
+from test_nets import randomize
+from test_training import ROOT, fit, losses, tiny
+
+STEPS = ("trainer.steps=3", "trainer.ckpt_every=3")
+# The digits UNet at 8 channels (test_training's image run): images for channels-last.
+IMAGES = ["model.channels=8", "model.norm_groups=8", "trainer.num_samples=4", "sampler.steps=2"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles from scratch (dynamo caches per code object and backend)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def failing_backend(gm, example_inputs):
+    raise RuntimeError("no C++ compiler found")
+
+
+def image_fit(run_dir: Path, *extra: str) -> Trainer:
+    overrides = [o for o in tiny(run_dir) if not o.startswith(("data", "model", "process"))]
+    trainer = Trainer(compose([*overrides, *IMAGES, *STEPS, *extra]))
+    trainer.fit()
+    return trainer
+
+
+def ckpt_model(run_dir: Path) -> dict:
+    return checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def tiny_unet() -> UNet:
+    torch.manual_seed(0)
+    return randomize(UNet(image_size=8, in_channels=1, channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                          attention_resolutions=(4,), norm_groups=8)).eval()
+
+
+# ------------------------------------------------------------------ compile
+def test_a_failed_compile_falls_back_to_eager_in_one_line(tmp_path, monkeypatch, capsys):
+    eager = fit(tmp_path / "eager", *STEPS)
+    monkeypatch.setitem(accel.COMPILE_OPTIONS, "backend", failing_backend)
+    capsys.readouterr()
+    compiled = fit(tmp_path / "compiled", *STEPS, "trainer.compile=true")
+    said = [line for line in capsys.readouterr().err.splitlines() if "torch.compile" in line]
+    assert said == ["genflow: torch.compile is not available here (RuntimeError: no C++ compiler found); running eager"]
+    assert compiled.model.eager_reason == "RuntimeError: no C++ compiler found"
+    assert losses(tmp_path / "compiled") == losses(tmp_path / "eager")  # the same eager steps
+    for key, value in ckpt_model(tmp_path / "eager").items():
+        torch.testing.assert_close(ckpt_model(tmp_path / "compiled")[key], value, rtol=0, atol=0)
+    assert compiled.net.state_dict().keys() == eager.net.state_dict().keys()
+
+
+def test_compiled_training_runs_the_captured_graphs_and_keeps_checkpoint_keys(tmp_path, monkeypatch):
+    graphs = []
+
+    def recording(gm, example_inputs):  # dynamo's captured graph, run as traced (no kernel fusion)
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setitem(accel.COMPILE_OPTIONS, "backend", recording)
+    compiled = fit(tmp_path / "compiled", *STEPS, "trainer.compile=true")
+    assert graphs and compiled.model.eager_reason is None
+    fit(tmp_path / "eager", *STEPS)
+    got, want = losses(tmp_path / "compiled"), losses(tmp_path / "eager")
+    assert [s for s, _ in got] == [s for s, _ in want]
+    assert all(abs(a - b) <= 1e-6 * abs(b) for (_, a), (_, b) in zip(got, want)), (got, want)
+    keys = ckpt_model(tmp_path / "compiled").keys()
+    assert keys == ckpt_model(tmp_path / "eager").keys() and not any("_orig_mod" in k for k in keys)
+
+
+def test_compile_unavailable_at_construction_runs_eager(monkeypatch, capsys):
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Windows not yet supported for torch.compile")
+
+    monkeypatch.setattr(torch, "compile", unsupported)
+    net = tiny_unet()
+    model = accel.Compiled(net)
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([3.0, 700.0])
+    torch.testing.assert_close(model(x, t), net(x, t), rtol=0, atol=0)
+    assert capsys.readouterr().err.count("running eager") == 1
+    assert list(model.module.state_dict()) == list(net.state_dict())
+
+
+def test_a_model_error_under_compile_stays_an_error_and_compile_stays_on(monkeypatch):
+    monkeypatch.setitem(accel.COMPILE_OPTIONS, "backend", lambda gm, inputs: gm.forward)
+    model = accel.Compiled(tiny_unet())
+    with pytest.raises(ValueError, match=r"UNet expects images \[B, 1, H, W\]"):
+        model(torch.randn(2, 3, 8, 8), torch.zeros(2))
+    assert model.eager_reason is None
+
+
+def test_a_cnf_trains_eagerly_under_compile_with_one_line(tmp_path, monkeypatch, capsys):
+    # AOTAutograd (inductor's front end) refuses double backward, which the CNF's divergence needs
+    monkeypatch.setitem(accel.COMPILE_OPTIONS, "backend", "aot_eager")
+    trainer = fit(tmp_path, "process=cnf", "process.steps=2", "trainer.steps=2", "trainer.ckpt_every=2",
+                  "trainer.compile=true")
+    assert trainer.step == 2 and trainer.skipped == 0 and trainer.model is trainer.net
+    said = [line for line in capsys.readouterr().err.splitlines() if "torch.compile" in line]
+    assert len(said) == 1 and "differentiates the net twice" in said[0] and said[0].endswith("running eager")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("GENFLOW_SLOW"), reason="inductor's first CPU compile takes ~20-40 s; "
+                    "set GENFLOW_SLOW=1")
+def test_inductor_compile_on_cpu_works_or_falls_back(tmp_path, capsys):
+    eager = fit(tmp_path / "eager", *STEPS)
+    compiled = fit(tmp_path / "compiled", *STEPS, "trainer.compile=true")
+    fell_back = "running eager" in capsys.readouterr().err
+    assert fell_back == (compiled.model.eager_reason is not None)
+    got, want = losses(tmp_path / "compiled"), losses(tmp_path / "eager")
+    assert all(abs(a - b) <= 1e-4 * abs(b) for (_, a), (_, b) in zip(got, want)), (got, want)
+    assert ckpt_model(tmp_path / "compiled").keys() == eager.net.state_dict().keys()
+
+
+# ------------------------------------------------------------ channels-last
+def test_channels_last_trains_images_like_the_default_layout(tmp_path):
+    plain = image_fit(tmp_path / "plain")
+    fast = image_fit(tmp_path / "fast", "trainer.channels_last=true")
+    conv = next(p for p in fast.net.parameters() if p.ndim == 4 and p.shape[1] > 1 and p.shape[2] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    got, want = losses(tmp_path / "fast"), losses(tmp_path / "plain")
+    assert all(abs(a - b) <= 1e-5 * abs(b) for (_, a), (_, b) in zip(got, want)), (got, want)
+    # (Weights are not compared: Adam's first steps move a weight by ~lr * sign(gradient), and the
+    # zero-initialised layers' gradients are rounding-sized, so their signs differ by layout.)
+    state = checkpoint.load(tmp_path / "fast" / "checkpoints" / "last.pt")
+    nets.build(state["config"]["model"]).load_state_dict(state["model"])  # strict: same keys and shapes
+    assert ckpt_model(tmp_path / "fast").keys() == plain.net.state_dict().keys()
+    assert (tmp_path / "fast" / "samples" / "step_0000003.png").exists()
+
+
+def test_channels_last_leaves_vector_data_alone(tmp_path):
+    plain = fit(tmp_path / "plain", *STEPS)
+    fast = fit(tmp_path / "fast", *STEPS, "trainer.channels_last=true")
+    assert not fast.channels_last
+    assert losses(tmp_path / "fast") == losses(tmp_path / "plain")
+    assert all(torch.equal(a, b) for a, b in zip(fast.net.parameters(), plain.net.parameters()))
+
+
+def test_fast_model_channels_last_and_bf16_against_the_plain_net():
+    net = tiny_unet()
+    x, t = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.tensor([1.0, 400.0, 999.0])
+    with torch.no_grad():
+        want = net(x, t)
+        last = accel.fast_model(tiny_unet(), channels_last_format=True)(x, t)
+        low = accel.fast_model(tiny_unet(), precision="bf16")(x, t)
+    torch.testing.assert_close(last, want, rtol=1e-5, atol=1e-5)
+    assert low.dtype == torch.float32  # back in the sampler's dtype
+    rel = ((low - want).norm() / want.norm()).item()
+    assert 0 < rel < 0.05, rel  # bf16 rounding: not exact, not far
+
+
+# ---------------------------------------------------- config and optimizer
+def test_precision_is_named_fp32_and_off_is_an_alias(tmp_path):
+    assert compose(tiny(tmp_path))["trainer"]["precision"] == "fp32"
+    assert compose(tiny(tmp_path, "trainer.precision=off"))["trainer"]["precision"] == "fp32"
+    with pytest.raises(ValueError, match="trainer.precision must be one of fp32, bf16, fp16; got 'fp8'"):
+        compose(tiny(tmp_path, "trainer.precision=fp8"))
+
+
+def test_cpu_runs_keep_torch_defaults_for_adamw_and_tf32(tmp_path):
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = not before
+    try:
+        trainer = Trainer(compose(tiny(tmp_path, "trainer.tf32=true")))
+        assert torch.backends.cuda.matmul.allow_tf32 == (not before)  # untouched off CUDA
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert accel.adamw_options(trainer.net.parameters()) == {"fused": None, "foreach": None}
+    assert all(g["fused"] is None and g["foreach"] is None for g in trainer.opt.param_groups)
+
+
+def test_resume_takes_the_optimizer_flags_of_this_device(tmp_path):
+    fit(tmp_path, "trainer.steps=2", "trainer.ckpt_every=2")
+    state = checkpoint.load(tmp_path / "checkpoints" / "last.pt")
+    for group in state["optimizer"]["param_groups"]:
+        group["fused"] = True  # as a fused CUDA run writes it
+    state.pop("format")
+    checkpoint.save(state, tmp_path / "checkpoints")
+    resumed = fit(tmp_path, "trainer.steps=4", "trainer.ckpt_every=2")
+    assert resumed.step == 4 and all(g["fused"] is None for g in resumed.opt.param_groups)
+
+
+def test_persistent_loader_workers_take_the_same_examples_across_epochs(tmp_path):
+    # 64 examples at batch 32: two steps per epoch, so five steps cross two epoch boundaries
+    steps = ("trainer.steps=5", "trainer.ckpt_every=5", "data.size=64")
+    fit(tmp_path / "main", *steps)
+    workers = fit(tmp_path / "workers", *steps, "trainer.num_workers=1")
+    assert losses(tmp_path / "workers") == losses(tmp_path / "main")
+    assert workers.tc.num_workers == 1
+
+
+# ------------------------------------------------------------ genflow-sample
+@pytest.fixture(scope="module")
+def toy_ckpt(tmp_path_factory) -> str:
+    run = tmp_path_factory.mktemp("toy")
+    fit(run, "trainer.steps=2", "trainer.ckpt_every=2")
+    return str(run / "checkpoints" / "last.pt")
+
+
+def draw(ckpt: str, out: Path, *flags: str) -> np.ndarray:
+    argv = ["--ckpt", ckpt, "--sampler", "ddim", "--steps", "5", "--num", "6", "--no-progress", "--out", str(out)]
+    assert sample_main([*argv, *flags]) == 0
+    return np.load(out / "samples.npz")["samples"]
+
+
+def test_sample_cli_precision_and_compile_switches(toy_ckpt, tmp_path, monkeypatch):
+    plain = draw(toy_ckpt, tmp_path / "plain")
+    low = draw(toy_ckpt, tmp_path / "bf16", "--precision", "bf16")
+    spread = np.abs(low - plain).max() / np.abs(plain).max()
+    assert 0 < spread < 0.05, spread  # the network in bf16, the sampler in fp32
+    graphs = []
+    monkeypatch.setitem(accel.COMPILE_OPTIONS, "backend", lambda gm, inputs: graphs.append(gm) or gm.forward)
+    compiled = draw(toy_ckpt, tmp_path / "compiled", "--compile", "--channels-last")
+    assert graphs
+    np.testing.assert_allclose(compiled, plain, rtol=1e-6, atol=1e-6)
+    info = json.loads((tmp_path / "compiled" / "info.json").read_text())
+    flags = (info["precision"], info["compile"], info["channels_last"], info["cuda_graph"])
+    assert flags == ("fp32", True, True, False)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--cuda-graph"], "CUDA graphs need a CUDA device; got 'cpu'"),
+    (["--cuda-graph", "--sampler", "ode"], "'dopri5' is adaptive"),
+    (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+])
+def test_sample_cli_refuses_bad_fast_path_flags(toy_ckpt, tmp_path, capsys, flags, message):
+    assert sample_main(["--ckpt", toy_ckpt, "--out", str(tmp_path), "--no-progress", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err
+
+
+@pytest.mark.parametrize("sampler,method,ok", [("ddim", None, True), ("pc", None, True), ("ode", "rk4", True),
+                                               ("ode", "dopri5", False), ("heun", None, False)])
+def test_cuda_graphs_take_fixed_step_samplers_only(sampler, method, ok):
+    if ok:  # the sampler passes; the device is what is refused here
+        with pytest.raises(ValueError, match="need a CUDA device"):
+            check_graphable(sampler, "cpu", method)
+    else:
+        with pytest.raises(ValueError, match="adaptive|fixed-step samplers"):
+            check_graphable(sampler, "cuda", method)
+
+
+def test_cuda_graph_model_refuses_cpu_tensors():
+    with pytest.raises(ValueError, match="CUDA graphs need CUDA tensors"):
+        CUDAGraphModel(tiny_unet())(torch.randn(1, 1, 8, 8), torch.zeros(1))
+
+
+# -------------------------------------------------------------- benchmark
+BENCH_ROWS = ([("train", c) for c in ("fp32 eager", "bf16", "bf16 + channels_last", "bf16 + compile")]
+              + [("sample DDIM-2", c) for c in ("fp32 eager", "bf16", "bf16 + compile", "bf16 + CUDA graph")]
+              + [("sample DDIM-2 small batch", c) for c in ("fp32 eager", "fp32 + CUDA graph", "bf16",
+                                                          "bf16 + CUDA graph")])
+
+
+def test_bench_gpu_smoke_prints_every_row():
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu.py"), "--smoke"], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in run.stdout.splitlines()
+            if line.startswith("| ") and "---" not in line]
+    assert rows[0] == ["part", "configuration", "batch", "images / s", "x fp32 eager", "peak memory (GiB)"]
+    assert [(part, config) for part, config, *_ in rows[1:]] == BENCH_ROWS
+    speeds = {}
+    for part, config, batch, speed, ratio, _ in rows[1:]:
+        if "compile" in config or "CUDA graph" in config:
+            assert (speed, ratio) == ("n/a (cpu)", "-")
+            continue
+        speeds[part, config] = float(speed.replace(",", ""))
+        assert float(ratio) == pytest.approx(speeds[part, config] / speeds[part, "fp32 eager"], abs=0.006)
+    assert len(speeds) == 7
