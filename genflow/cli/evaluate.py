@@ -58,8 +58,12 @@ def parser() -> argparse.ArgumentParser:
 
 def split_tensors(cfg: dict, split: str, num: int | None) -> torch.Tensor:
     from genflow import data
+    from genflow.training.checkpoint import CheckpointError
 
-    built = data.build(cfg["data"])
+    try:
+        built = data.build(cfg["data"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"the checkpoint's data config cannot be rebuilt: {err}") from None
     dataset = built.train if split == "train" else built.test
     if dataset is None:
         raise UsageError(f"data {cfg['data']['name']!r} has no {split} split")
@@ -71,12 +75,10 @@ def split_tensors(cfg: dict, split: str, num: int | None) -> torch.Tensor:
 
 def nll(args, state: dict) -> dict:
     import genflow
-    from genflow import nets, processes
+    from genflow.cli import rebuild
 
     cfg = state["config"]
-    process, net = processes.build(cfg["process"]), nets.build(cfg["model"])
-    net.load_state_dict(state["model"] if args.no_ema else state["ema"]["model"])
-    net.to(args.device).eval()
+    process, net = rebuild(state, args.ckpt, ema=not args.no_ema, device=args.device)
     x = split_tensors(cfg, args.split, args.num).to(args.device)
     g = torch.Generator().manual_seed(args.seed)
     options = dict(exact_divergence=args.exact, method=args.method, rtol=args.rtol, atol=args.atol, generator=g,

@@ -20,26 +20,45 @@ import torch
 
 from genflow.cli import Parser, UsageError, guarded
 
-SAMPLER_FLAGS = {"eta": float, "spacing": str, "variance": str, "method": str, "rtol": float, "atol": float,
-                 "snr": float, "corrector_steps": int, "predictor": str}
+SAMPLER_FLAGS = {  # option: (type, what it does and its allowed values)
+    "eta": (float, "DDIM noise, >= 0: 0 deterministic, 1 DDPM's posterior variance"),
+    "spacing": (str, "time grid: leading, trailing, linspace or quadratic (continuous processes: linspace or "
+                     "quadratic)"),
+    "variance": (str, "ancestral step variance: beta_tilde (posterior) or beta"),
+    "method": (str, "torchdiffeq method: dopri5, rk4, euler, ..."),
+    "rtol": (float, "relative tolerance of an adaptive method"),
+    "atol": (float, "absolute tolerance of an adaptive method"),
+    "snr": (float, "Langevin corrector signal-to-noise ratio, > 0"),
+    "corrector_steps": (int, "Langevin moves per step, >= 0"),
+    "predictor": (str, "predictor step: reverse_diffusion or euler_maruyama"),
+}
 
 
 def parser() -> argparse.ArgumentParser:
+    from dataclasses import fields
+
+    from genflow.samplers import SAMPLERS
+
     p = Parser(prog="genflow-sample", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, type=Path, help="a genflow checkpoint (e.g. RUN/checkpoints/last.pt)")
-    p.add_argument("--sampler", default=None, help="ddpm, ddim, euler_maruyama, pc or ode (default: the run's)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's sampler config)")
-    for flag, kind in SAMPLER_FLAGS.items():
-        p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None, help=f"sampler option {flag}")
-    p.add_argument("--num", type=int, default=64, help="number of samples")
+    p.add_argument("--sampler", default=None, help=f"{', '.join(SAMPLERS)} (default: the run's sampler config)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps, >= 1; on DDPM at most its timesteps (default: the run's sampler config, "
+                        "or another sampler's own default)")
+    for flag, (kind, text) in SAMPLER_FLAGS.items():
+        takers = [name for name, cls in SAMPLERS.items() if flag in {f.name for f in fields(cls)}]
+        p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None,
+                       help=f"{text} (sampler {' or '.join(takers)} only)")
+    p.add_argument("--num", type=int, default=64, help="number of samples, >= 1")
     p.add_argument("--batch-size", type=int, default=256,
                    help="samples per batch (fixed-step samplers: does not change the samples; an adaptive ODE "
                         "solver's steps depend on the batch at the level of its tolerance)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-sample noise (sample i uses its own stream)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", type=Path, default=Path("samples"))
+    p.add_argument("--out", type=Path, default=Path("samples"),
+                   help="output folder for grid.png or points.png, samples.npz and info.json")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -61,24 +80,22 @@ def sampler_settings(args, stored: dict) -> dict:
 def run(args) -> Path:
     from torchvision.utils import save_image
 
-    from genflow import nets, processes, samplers
+    from genflow import samplers
+    from genflow.cli import rebuild
     from genflow.data import render_points
-    from genflow.training.checkpoint import load
+    from genflow.training.checkpoint import CheckpointError, load
 
     if args.num < 1 or args.batch_size < 1:
         raise UsageError("--num and --batch-size must be >= 1")
     state = load(args.ckpt, map_location=args.device)
-    cfg = state["config"]
-    process, net = processes.build(cfg["process"]), nets.build(cfg["model"])
-    net.load_state_dict(state["model"] if args.no_ema else state["ema"]["model"])
-    net.to(args.device).eval()
-    settings = sampler_settings(args, cfg["sampler"])
+    process, net = rebuild(state, args.ckpt, ema=not args.no_ema, device=args.device)
+    settings = sampler_settings(args, state["config"]["sampler"])
     options = {k: v for k, v in settings.items() if k not in ("name", "steps")}
     algo = samplers.make(settings["name"], settings["steps"], **options)
     algo.check(process)
     if "data_shape" not in state:
-        raise UsageError(f"{args.ckpt} does not record the shape of its data (data_shape); it was not written "
-                         "by genflow-train")
+        raise CheckpointError(f"{args.ckpt} does not record the shape of its data (data_shape); it was not "
+                              "written by genflow-train")
     shape = tuple(state["data_shape"])
     start, batches, nfe = time.perf_counter(), [], 0
     for offset in range(0, args.num, args.batch_size):
