@@ -59,8 +59,18 @@ def test_eval_fd_and_pr_of_the_data_against_itself(tmp_path, capsys, cache):
     np.savez(tmp_path / "real.npz", samples=digits("test").tensors[0].numpy())
     assert eval_main(["fd", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz")]) == 0
     fd = output(capsys)
-    assert fd["value"] == pytest.approx(0.0, abs=1e-6) and fd["samples"] == 360
-    assert "digits classifier (test accuracy 0.9" in fd["features"]
+    assert fd["value"] == pytest.approx(0.0, abs=1e-6) and fd["samples"] == 360 and fd["data"] == 360
+    assert "digits classifier (test accuracy 0.9" in fd["features"] and fd["reference"] == "computed"
+    assert fd["feature_space"].startswith("digits classifier v1 sha256:")
+    assert eval_main(["fd", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz")]) == 0
+    again = output(capsys)  # the split's statistics from the cache: the same number
+    assert again["reference"] == "cached" and again["value"] == fd["value"]
+    assert again["reference_cache"] == fd["reference_cache"] and os.path.isfile(fd["reference_cache"])
+    assert eval_main(["fd", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz"), "--split", "train",
+                      "--num", "360"]) == 0
+    train = output(capsys)  # another split: another cache file, computed
+    assert train["reference"] == "computed" and train["reference_cache"] != fd["reference_cache"]
+    assert train["value"] > fd["value"]
     assert eval_main(["pr", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz")]) == 0
     pr = output(capsys)
     assert (pr["precision"], pr["recall"]) == (1.0, 1.0)

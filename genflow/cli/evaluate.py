@@ -139,7 +139,7 @@ def feature_space(args, cfg: dict, images: bool):
 
 
 def compare(args, state: dict) -> dict:
-    from genflow.metrics import frechet_distance, gaussian_statistics, precision_recall, sliced_wasserstein
+    from genflow.metrics import frechet_distance_to_statistics, precision_recall, sliced_wasserstein
     from genflow.metrics.reference import reference
 
     cfg = state["config"]
@@ -163,8 +163,7 @@ def compare(args, state: dict) -> dict:
     how = {"features": space.name, "feature_space": space.identity, "samples": len(fake), "data": n,
            "reference": ref.status, "reference_cache": str(ref.path)}
     if args.command == "fd":
-        return {"metric": "frechet_distance", "value": frechet_distance(*gaussian_statistics(f_fake), ref.mu, ref.sigma),
-                **how}
+        return {"metric": "frechet_distance", "value": frechet_distance_to_statistics(f_fake, ref.mu, ref.sigma), **how}
     precision, recall = precision_recall(ref.features, f_fake, k=args.k)
     return {"metric": "precision_recall", "precision": precision, "recall": recall, "k": args.k, **how}
 
