@@ -242,3 +242,17 @@ def test_missing_truncated_and_foreign_checkpoints_fail_with_exit_1(ddpm_ckpt, t
             assert call() == 1
             err = one_line(capsys)
             assert err.startswith(f"{prog}: error: {message}"), err
+
+
+@pytest.mark.parametrize("command", ["nll", "fd", "pr", "sw"])
+def test_eval_cli_help_explains_every_flag(command, capsys):
+    from genflow.cli.evaluate import parser
+
+    with pytest.raises(SystemExit) as done:
+        parser().parse_args([command, "--help"])
+    assert done.value.code == 0 and "--ckpt" in capsys.readouterr().out
+    sub = next(a for a in parser()._actions if a.dest == "command").choices[command]
+    missing = [a.option_strings for a in sub._actions if not a.help]
+    assert not missing, missing
+    flags = {s for a in sub._actions for s in a.option_strings}
+    assert ("--inception-weights" in flags) == (command in ("fd", "pr"))

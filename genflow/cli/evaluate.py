@@ -37,9 +37,10 @@ def parser() -> argparse.ArgumentParser:
                        ("sw", "sliced Wasserstein-2 between samples and a data split (vector data)")]:
         c = sub.add_parser(name, help=text, description=text)
         c.add_argument("--ckpt", required=True, type=Path, help="a genflow checkpoint (its config names the data)")
-        c.add_argument("--split", default="test", choices=["train", "test"])
+        c.add_argument("--split", default="test", choices=["train", "test"], help="the data split (default: test)")
         c.add_argument("--num", type=int, default=None, help="examples of the split to use (default: all)")
-        c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--seed", type=int, default=0,
+                       help="seed of the random draws (nll: dequantization and Hutchinson probes; sw: directions)")
         if name == "nll":
             c.add_argument("--draws", type=int, default=1, help="dequantization draws per image")
             c.add_argument("--exact", action="store_true", help="exact trace instead of Hutchinson's estimate")
@@ -47,11 +48,11 @@ def parser() -> argparse.ArgumentParser:
                            help="torchdiffeq method; on DDPM's continuous extension dopri5 restarts at each of "
                                 "its T-1 kinks (exact but ~7 NFE per step): a fixed-grid rk4 is far cheaper")
             c.add_argument("--steps", type=int, default=100, help="steps of a fixed-grid method (rk4, euler, ...)")
-            c.add_argument("--rtol", type=float, default=1e-5)
-            c.add_argument("--atol", type=float, default=1e-5)
-            c.add_argument("--batch-size", type=int, default=500)
-            c.add_argument("--device", default="cpu")
-            c.add_argument("--no-ema", action="store_true")
+            c.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance of an adaptive method")
+            c.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance of an adaptive method")
+            c.add_argument("--batch-size", type=int, default=500, help="examples per likelihood batch")
+            c.add_argument("--device", default="cpu", help="cpu or cuda")
+            c.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
         else:
             c.add_argument("--samples", required=True, type=Path, help="samples.npz written by genflow-sample")
         if name in ("fd", "pr"):

@@ -172,5 +172,6 @@ def _load(path: Path, mtime: int | None, device: torch.device) -> InceptionFeatu
     state = read_state_dict(path)
     kind, net = identify(state, path)
     net.load_state_dict(state)
-    net.aux_logits, net.AuxLogits, net.fc = False, None, nn.Identity()  # the pool features: before fc (dropout is off in eval)
+    # the pool features: drop fc (dropout before it is the identity in eval mode) and the aux head
+    net.aux_logits, net.AuxLogits, net.fc = False, None, nn.Identity()
     return InceptionFeatures(net.eval().to(device), kind, sha256_of(path), device)
