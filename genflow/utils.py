@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
@@ -34,3 +37,12 @@ def check_choice(value: object, allowed: tuple, what: str) -> None:
     """Raise one clear ``ValueError`` when ``value`` is not among ``allowed``."""
     if value not in allowed:
         raise ValueError(f"{what} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

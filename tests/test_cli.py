@@ -59,8 +59,18 @@ def test_eval_fd_and_pr_of_the_data_against_itself(tmp_path, capsys, cache):
     np.savez(tmp_path / "real.npz", samples=digits("test").tensors[0].numpy())
     assert eval_main(["fd", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz")]) == 0
     fd = output(capsys)
-    assert fd["value"] == pytest.approx(0.0, abs=1e-6) and fd["samples"] == 360
-    assert "digits classifier (test accuracy 0.9" in fd["features"]
+    assert fd["value"] == pytest.approx(0.0, abs=1e-6) and fd["samples"] == 360 and fd["data"] == 360
+    assert "digits classifier (test accuracy 0.9" in fd["features"] and fd["reference"] == "computed"
+    assert fd["feature_space"].startswith("digits classifier v1 sha256:")
+    assert eval_main(["fd", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz")]) == 0
+    again = output(capsys)  # the split's statistics from the cache: the same number
+    assert again["reference"] == "cached" and again["value"] == fd["value"]
+    assert again["reference_cache"] == fd["reference_cache"] and os.path.isfile(fd["reference_cache"])
+    assert eval_main(["fd", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz"), "--split", "train",
+                      "--num", "360"]) == 0
+    train = output(capsys)  # another split: another cache file, computed
+    assert train["reference"] == "computed" and train["reference_cache"] != fd["reference_cache"]
+    assert train["value"] > fd["value"]
     assert eval_main(["pr", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz")]) == 0
     pr = output(capsys)
     assert (pr["precision"], pr["recall"]) == (1.0, 1.0)
@@ -81,3 +91,168 @@ def test_eval_bad_input(argv, code, message, capsys):
     assert eval_main(argv) == code
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err, err
+
+
+# --- genflow-sample's refusals and safe checkpoints through both CLIs -------------------------------------------
+
+DDPM_TOY = [o for o in TOY if not o.startswith(("process=", "trainer.steps", "trainer.ckpt_every"))]
+
+
+@pytest.fixture(scope="module")
+def ddpm_ckpt(tmp_path_factory):
+    """A 1000-step DDPM on 2-D toy data with a tiny MLP, trained for 2 steps."""
+    run = tmp_path_factory.mktemp("ddpm")
+    Trainer(compose([*DDPM_TOY, "process=ddpm", "trainer.steps=2", "trainer.ckpt_every=2", f"run_dir={run}"])).fit()
+    return run / "checkpoints" / "last.pt"
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+DDPM_STEPS = "steps must be an integer >= 1 and <= 1000 (the steps of DDPM("
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--sampler", "ddpm", "--steps", "0"], DDPM_STEPS),
+    (["--sampler", "ddpm", "--steps", "5000"], DDPM_STEPS),
+    (["--sampler", "ddim", "--steps", "0"], DDPM_STEPS),
+    (["--sampler", "ddim", "--steps", "5000"], DDPM_STEPS),
+    (["--sampler", "heun"], "unknown sampler 'heun'; valid names: ddpm, ddim, euler_maruyama, pc, ode"),
+    (["--sampler", "ddpm", "--eta", "0.5"], "sampler 'ddpm' takes no option(s) eta; allowed: variance, spacing"),
+    (["--sampler", "ddim", "--snr", "0.1"], "sampler 'ddim' takes no option(s) snr; allowed: eta, spacing"),
+    (["--sampler", "ddim", "--spacing", "even"], "spacing must be one of leading, trailing, linspace, quadratic"),
+    (["--sampler", "ddpm", "--variance", "big"], "variance must be one of beta, beta_tilde"),
+    (["--sampler", "ddim", "--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
+])
+def test_sample_cli_refuses_bad_sampler_settings_with_exit_2(ddpm_ckpt, tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    assert sample_main(["--ckpt", str(ddpm_ckpt), "--out", str(out), "--num", "2", "--no-progress", *argv]) == 2
+    err = one_line(capsys)
+    assert err.startswith("genflow-sample: error: ") and message in err, err
+    assert not out.exists()
+
+
+def test_sample_cli_takes_the_bounds_of_ddpm_steps(ddpm_ckpt, tmp_path, capsys):
+    """The refusals above stop exactly at the edges: 1 and 1000 steps both sample."""
+    for sampler, steps, nfe in [("ddim", "1", 1), ("ddpm", "1000", 1000)]:
+        out = tmp_path / sampler
+        argv = ["--ckpt", str(ddpm_ckpt), "--out", str(out), "--num", "2", "--no-progress"]
+        assert sample_main([*argv, "--sampler", sampler, "--steps", steps]) == 0
+        assert json.loads((out / "info.json").read_text())["nfe_per_sample"] == nfe
+
+
+def test_sample_cli_help_explains_every_flag(capsys):
+    from genflow.cli.sample import parser
+
+    with pytest.raises(SystemExit) as done:
+        parser().parse_args(["--help"])
+    assert done.value.code == 0
+    helps = {a.option_strings[-1]: a.help for a in parser()._actions}
+    assert all(helps.values()), [flag for flag, text in helps.items() if not text]
+    assert "--no-progress" in capsys.readouterr().out
+    assert helps["--eta"].endswith("(sampler ddim only)") and helps["--snr"].endswith("(sampler pc only)")
+    assert helps["--spacing"].endswith("(sampler ddpm or ddim only)")
+
+
+class OpensAFile:
+    """Unpickling this creates a file: open(path, "w") (a stand-in for arbitrary code)."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+class RunsAShell:
+    """Unpickling this runs a shell command that creates a file."""
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        import shlex
+
+        return (os.system, (f"touch {shlex.quote(self.path)}",))
+
+
+def cli_runs(ckpt, tmp_path):
+    """The same checkpoint through genflow-sample and genflow-eval nll."""
+    return [("genflow-sample", lambda: sample_main(["--ckpt", str(ckpt), "--out", str(tmp_path / "s"), "--num", "2",
+                                                      "--no-progress"])),
+            ("genflow-eval", lambda: eval_main(["nll", "--ckpt", str(ckpt), "--num", "4", "--method", "euler",
+                                                "--steps", "2"]))]
+
+
+@pytest.mark.parametrize("write", ["torch.save", "pickle"])
+def test_a_checkpoint_that_would_run_code_is_refused_by_both_clis(ddpm_ckpt, tmp_path, capsys, write):
+    import pickle
+
+    from genflow.training import checkpoint
+
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.pt"
+    state = {**checkpoint.load(ddpm_ckpt), "x": OpensAFile(marker), "y": RunsAShell(marker)}
+    if write == "torch.save":
+        torch.save(state, evil)
+    else:
+        with open(evil, "wb") as f:
+            pickle.dump(state, f, protocol=2)
+    for prog, call in cli_runs(evil, tmp_path):
+        assert call() == 1
+        err = one_line(capsys)
+        assert err.startswith(f"{prog}: error: refusing to load {evil}") and "could run code" in err, err
+    assert not marker.exists()
+    assert not (tmp_path / "s").exists()
+    with open(evil, "rb") as f:  # the payload is live: an unsafe load does create the file
+        torch.load(f, weights_only=False) if write == "torch.save" else pickle.load(f)
+    assert marker.exists()
+
+
+def with_config(state: dict, key: str, name: str) -> dict:
+    return {**state, "config": {**state["config"], key: {**state["config"][key], "name": name}}}
+
+
+@pytest.mark.parametrize("key,name,message", [
+    ("model", "transformer", "its config cannot be rebuilt: unknown net 'transformer'; valid names: mlp, unet"),
+    ("process", "edm", "its config cannot be rebuilt: unknown process 'edm'; valid names: cnf, ddpm, flow"),
+])
+def test_a_checkpoint_naming_an_unknown_net_or_process_fails_with_exit_1(ddpm_ckpt, tmp_path, capsys, key, name,
+                                                                         message):
+    from genflow.training import checkpoint
+
+    bad = tmp_path / "bad.pt"
+    torch.save(with_config(checkpoint.load(ddpm_ckpt), key, name), bad)
+    for prog, call in cli_runs(bad, tmp_path):
+        assert call() == 1
+        err = one_line(capsys)
+        assert err.startswith(f"{prog}: error: {bad}: ") and message in err, err
+
+
+def test_missing_truncated_and_foreign_checkpoints_fail_with_exit_1(ddpm_ckpt, tmp_path, capsys):
+    cut, foreign = tmp_path / "cut.pt", tmp_path / "foreign.pt"
+    cut.write_bytes(ddpm_ckpt.read_bytes()[:1000])
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    for path, message in [(tmp_path / "missing.pt", "checkpoint not found: "),
+                          (cut, f"cannot read checkpoint {cut} (truncated or not a torch file)"),
+                          (foreign, f"{foreign} is not a genflow checkpoint")]:
+        for prog, call in cli_runs(path, tmp_path):
+            assert call() == 1
+            err = one_line(capsys)
+            assert err.startswith(f"{prog}: error: {message}"), err
+
+
+@pytest.mark.parametrize("command", ["nll", "fd", "pr", "sw"])
+def test_eval_cli_help_explains_every_flag(command, capsys):
+    from genflow.cli.evaluate import parser
+
+    with pytest.raises(SystemExit) as done:
+        parser().parse_args([command, "--help"])
+    assert done.value.code == 0 and "--ckpt" in capsys.readouterr().out
+    sub = next(a for a in parser()._actions if a.dest == "command").choices[command]
+    missing = [a.option_strings for a in sub._actions if not a.help]
+    assert not missing, missing
+    flags = {s for a in sub._actions for s in a.option_strings}
+    assert ("--inception-weights" in flags) == (command in ("fd", "pr"))

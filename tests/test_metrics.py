@@ -83,6 +83,21 @@ def test_frechet_distance_of_a_feature_set_with_itself_is_zero_even_when_singula
     assert frechet_distance_of_features(few, few) == pytest.approx(0.0, abs=1e-8)
 
 
+def test_frechet_distance_of_few_features_to_statistics_matches_the_full_formula():
+    """The n x n route (fewer samples than dimensions) against the d x d eigendecompositions."""
+    from genflow.metrics import frechet_distance, frechet_distance_to_statistics, gaussian_statistics
+
+    g = torch.Generator().manual_seed(0)
+    mu, sigma = torch.randn(40, generator=g, **F64), random_spd(40, 2)
+    for n in (2, 7, 41, 60):  # rank 1 and 6, then the full route (n - 1 >= d)
+        x = torch.randn(n, 40, generator=g, **F64) * 1.5 + 0.3
+        expected = frechet_distance(*gaussian_statistics(x), mu, sigma)
+        # rel 1e-7: the d x d route adds the square roots of round-off eigenvalues (~1e-16) of a singular matrix
+        assert frechet_distance_to_statistics(x, mu, sigma) == pytest.approx(expected, rel=1e-7)
+    few = torch.randn(5, 40, generator=g, **F64)
+    assert frechet_distance_to_statistics(few, *gaussian_statistics(few)) == pytest.approx(0.0, abs=1e-9)
+
+
 def test_precision_recall_of_identical_disjoint_and_half_covered_sets():
     from genflow.metrics import precision_recall
 
@@ -95,3 +110,43 @@ def test_precision_recall_of_identical_disjoint_and_half_covered_sets():
     assert precision == 0.5
     with pytest.raises(ValueError, match="more than k=3"):
         precision_recall(real[:3], real)
+
+
+def test_reference_statistics_are_computed_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    from genflow.metrics import gaussian_statistics
+    from genflow.metrics.reference import FeatureSpace, cache_root, reference
+
+    monkeypatch.setenv("GENFLOW_CACHE", str(tmp_path))
+    calls = []
+
+    def extract(x):
+        calls.append(len(x))
+        return x.double() * 2.0
+
+    space = FeatureSpace("doubled vectors", "doubled v1", extract)
+    data = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    cfg = {"name": "toy2d", "size": 50}
+    fresh = reference(cfg, "test", 50, lambda: data, space)
+    cached = reference(cfg, "test", 50, lambda: data, space)
+    assert (fresh.status, cached.status, calls) == ("computed", "cached", [50])
+    assert fresh.path == cached.path and fresh.path.parent == cache_root() == tmp_path / "reference_stats"
+    mu, sigma = gaussian_statistics(data.double() * 2.0)
+    for ref in (fresh, cached):
+        assert torch.equal(ref.mu, mu) and torch.equal(ref.sigma, sigma) and ref.features is None
+    # another data config, split, number of examples or feature space: another file, computed anew
+    others = [reference({**cfg, "size": 60}, "test", 50, lambda: data, space),
+              reference(cfg, "train", 50, lambda: data, space),
+              reference(cfg, "test", 40, lambda: data[:40], space),
+              reference(cfg, "test", 50, lambda: data, FeatureSpace("doubled vectors", "doubled v2", extract))]
+    assert [r.status for r in others] == ["computed"] * 4
+    assert len({fresh.path, *(r.path for r in others)}) == 5 and len(calls) == 5
+    # precision/recall needs the features: a statistics-only file is computed again, with them
+    with_features = reference(cfg, "test", 50, lambda: data, space, need_features=True)
+    assert with_features.status == "computed" and torch.equal(with_features.features, data.double() * 2.0)
+    again = reference(cfg, "test", 50, lambda: data, space, need_features=True)
+    assert again.status == "cached" and torch.equal(again.features, with_features.features)
+    assert reference(cfg, "test", 50, lambda: data, space).status == "cached"
+    fresh.path.write_bytes(b"PK\x03\x04 half a file")  # a damaged file is recomputed and replaced
+    assert reference(cfg, "test", 50, lambda: data, space).status == "computed"
+    assert reference(cfg, "test", 50, lambda: data, space).status == "cached"
+    assert not [p for p in fresh.path.parent.iterdir() if ".tmp-" in p.name]

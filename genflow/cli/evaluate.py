@@ -2,12 +2,15 @@
 
     genflow-eval nll --ckpt RUN/checkpoints/last.pt [--split test] [--num 500] [--draws 1] [--exact]
     genflow-eval fd  --ckpt RUN/checkpoints/last.pt --samples OUT/samples.npz [--split test]
-    genflow-eval pr  --ckpt ... --samples ... [--k 3]
+                     [--inception-weights pt_inception-2015-12-05-6726825d.pth]
+    genflow-eval pr  --ckpt ... --samples ... [--k 3] [--inception-weights ...]
     genflow-eval sw  --ckpt ... --samples ...          (vector data)
 
 ``nll`` reports bits/dim for images (uniform dequantization) and nats for vectors; ``fd`` and
-``pr`` compare samples (from genflow-sample) with a data split in a feature space (for the digits:
-a small classifier trained deterministically and cached). Exit 2 for bad input, 1 for failures.
+``pr`` compare samples (from genflow-sample) with a data split in a feature space: Inception-v3
+pool features from a weights file you give (nothing is downloaded), else for the digits a small
+classifier trained deterministically and cached, and for vector data the vectors themselves. The
+split's statistics are cached (genflow.metrics.reference). Exit 2 for bad input, 1 for failures.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ def parser() -> argparse.ArgumentParser:
                        ("sw", "sliced Wasserstein-2 between samples and a data split (vector data)")]:
         c = sub.add_parser(name, help=text, description=text)
         c.add_argument("--ckpt", required=True, type=Path, help="a genflow checkpoint (its config names the data)")
-        c.add_argument("--split", default="test", choices=["train", "test"])
+        c.add_argument("--split", default="test", choices=["train", "test"], help="the data split (default: test)")
         c.add_argument("--num", type=int, default=None, help="examples of the split to use (default: all)")
-        c.add_argument("--seed", type=int, default=0)
+        c.add_argument("--seed", type=int, default=0,
+                       help="seed of the random draws (nll: dequantization and Hutchinson probes; sw: directions)")
         if name == "nll":
             c.add_argument("--draws", type=int, default=1, help="dequantization draws per image")
             c.add_argument("--exact", action="store_true", help="exact trace instead of Hutchinson's estimate")
@@ -44,39 +48,54 @@ def parser() -> argparse.ArgumentParser:
                            help="torchdiffeq method; on DDPM's continuous extension dopri5 restarts at each of "
                                 "its T-1 kinks (exact but ~7 NFE per step): a fixed-grid rk4 is far cheaper")
             c.add_argument("--steps", type=int, default=100, help="steps of a fixed-grid method (rk4, euler, ...)")
-            c.add_argument("--rtol", type=float, default=1e-5)
-            c.add_argument("--atol", type=float, default=1e-5)
-            c.add_argument("--batch-size", type=int, default=500)
-            c.add_argument("--device", default="cpu")
-            c.add_argument("--no-ema", action="store_true")
+            c.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance of an adaptive method")
+            c.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance of an adaptive method")
+            c.add_argument("--batch-size", type=int, default=500, help="examples per likelihood batch")
+            c.add_argument("--device", default="cpu", help="cpu or cuda")
+            c.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
         else:
             c.add_argument("--samples", required=True, type=Path, help="samples.npz written by genflow-sample")
+        if name in ("fd", "pr"):
+            c.add_argument("--inception-weights", type=Path, default=None, metavar="PATH",
+                           help="Inception-v3 weights for the features: torchvision's inception_v3_google-*.pth "
+                                "or pytorch-fid's FID network pt_inception-2015-12-05-*.pth (never downloaded; "
+                                "default: the digits classifier for the digits, raw vectors for vector data)")
+            c.add_argument("--batch-size", type=int, default=50, help="images per forward pass of the feature net")
+            c.add_argument("--device", default="cpu", help="device of the feature net (cpu or cuda)")
         if name == "pr":
-            c.add_argument("--k", type=int, default=3)
+            c.add_argument("--k", type=int, default=3, help="the k-th neighbour sets each ball's radius")
     return p
 
 
-def split_tensors(cfg: dict, split: str, num: int | None) -> torch.Tensor:
+def split_data(cfg: dict, split: str, num: int | None):
+    """The checkpoint's data split and how many of its examples to use."""
     from genflow import data
+    from genflow.training.checkpoint import CheckpointError
 
-    built = data.build(cfg["data"])
+    try:
+        built = data.build(cfg["data"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"the checkpoint's data config cannot be rebuilt: {err}") from None
     dataset = built.train if split == "train" else built.test
     if dataset is None:
         raise UsageError(f"data {cfg['data']['name']!r} has no {split} split")
     n = len(dataset) if num is None else min(num, len(dataset))
     if n < 2:
         raise UsageError("--num must be >= 2")
+    return dataset, n
+
+
+def split_tensors(cfg: dict, split: str, num: int | None) -> torch.Tensor:
+    dataset, n = split_data(cfg, split, num)
     return torch.stack([dataset[i][0] for i in range(n)])
 
 
 def nll(args, state: dict) -> dict:
     import genflow
-    from genflow import nets, processes
+    from genflow.cli import rebuild
 
     cfg = state["config"]
-    process, net = processes.build(cfg["process"]), nets.build(cfg["model"])
-    net.load_state_dict(state["model"] if args.no_ema else state["ema"]["model"])
-    net.to(args.device).eval()
+    process, net = rebuild(state, args.ckpt, ema=not args.no_ema, device=args.device)
     x = split_tensors(cfg, args.split, args.num).to(args.device)
     g = torch.Generator().manual_seed(args.seed)
     options = dict(exact_divergence=args.exact, method=args.method, rtol=args.rtol, atol=args.atol, generator=g,
@@ -95,41 +114,59 @@ def nll(args, state: dict) -> dict:
             "atol": args.atol, "steps": args.steps if args.method not in ADAPTIVE_METHODS else None}
 
 
-def features(cfg: dict, x: torch.Tensor) -> tuple[torch.Tensor, str]:
+def feature_space(args, cfg: dict, images: bool):
+    """Inception-v3 from --inception-weights, else the digits classifier, else raw vectors."""
+    from genflow.metrics.reference import FeatureSpace
+
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    if args.inception_weights is not None:
+        if not images:
+            raise UsageError("--inception-weights is for image data; vector data is compared as raw vectors")
+        from genflow.metrics.inception import inception_features
+
+        net = inception_features(args.inception_weights, args.device)
+        return FeatureSpace(f"inception-v3 pool features, {net.kind} weights", net.identity,
+                            lambda x: net(x, args.batch_size))
     if cfg["data"]["name"] == "digits":
-        from genflow.metrics.digits_features import digits_classifier, digits_features
+        from genflow.metrics.digits_features import digits_classifier, digits_features, digits_identity
 
         _, accuracy = digits_classifier()
-        return digits_features(x), f"digits classifier (test accuracy {accuracy:.3f})"
-    if x.ndim == 2:
-        return x.double(), "raw vectors"
-    raise UsageError(f"no built-in feature space for data {cfg['data']['name']!r} yet (digits and vector data "
-                     "have one; Inception features are not implemented yet)")
+        return FeatureSpace(f"digits classifier (test accuracy {accuracy:.3f})", digits_identity(), digits_features)
+    if not images:
+        return FeatureSpace("raw vectors", "raw vectors", lambda x: x.double())
+    raise UsageError(f"no built-in feature space for data {cfg['data']['name']!r}; give --inception-weights PATH "
+                     "(torchvision's inception_v3_google-*.pth or pytorch-fid's pt_inception-2015-12-05-*.pth)")
 
 
 def compare(args, state: dict) -> dict:
-    from genflow.metrics import frechet_distance_of_features, precision_recall, sliced_wasserstein
+    from genflow.metrics import frechet_distance_to_statistics, precision_recall, sliced_wasserstein
+    from genflow.metrics.reference import reference
 
     cfg = state["config"]
     if not args.samples.is_file():
         raise UsageError(f"samples file not found: {args.samples}")
     fake = torch.from_numpy(np.load(args.samples)["samples"])
-    real = split_tensors(cfg, args.split, args.num)
-    if fake.shape[1:] != real.shape[1:]:
-        raise UsageError(f"samples have shape {tuple(fake.shape[1:])} but the data {tuple(real.shape[1:])}")
+    dataset, n = split_data(cfg, args.split, args.num)
+    shape = tuple(dataset[0][0].shape)
+    if tuple(fake.shape[1:]) != shape:
+        raise UsageError(f"samples have shape {tuple(fake.shape[1:])} but the data {shape}")
     if args.command == "sw":
-        if real.ndim != 2:
+        if len(shape) != 1:
             raise UsageError("sw is for vector data; use fd or pr for images")
+        real = torch.stack([dataset[i][0] for i in range(n)])
         value = sliced_wasserstein(fake, real, generator=torch.Generator().manual_seed(args.seed))
-        return {"metric": "sliced_wasserstein", "value": value, "samples": len(fake), "data": len(real)}
-    f_fake, space = features(cfg, fake)
-    f_real, _ = features(cfg, real)
+        return {"metric": "sliced_wasserstein", "value": value, "samples": len(fake), "data": n}
+    space = feature_space(args, cfg, images=len(shape) == 3)
+    ref = reference(cfg["data"], args.split, n, lambda: torch.stack([dataset[i][0] for i in range(n)]), space,
+                    need_features=args.command == "pr")
+    f_fake = space.extract(fake)
+    how = {"features": space.name, "feature_space": space.identity, "samples": len(fake), "data": n,
+           "reference": ref.status, "reference_cache": str(ref.path)}
     if args.command == "fd":
-        return {"metric": "frechet_distance", "value": frechet_distance_of_features(f_fake, f_real),
-                "features": space, "samples": len(fake), "data": len(real)}
-    precision, recall = precision_recall(f_real, f_fake, k=args.k)
-    return {"metric": "precision_recall", "precision": precision, "recall": recall, "k": args.k,
-            "features": space, "samples": len(fake), "data": len(real)}
+        return {"metric": "frechet_distance", "value": frechet_distance_to_statistics(f_fake, ref.mu, ref.sigma), **how}
+    precision, recall = precision_recall(ref.features, f_fake, k=args.k)
+    return {"metric": "precision_recall", "precision": precision, "recall": recall, "k": args.k, **how}
 
 
 def evaluate(argv: list[str] | None) -> str:

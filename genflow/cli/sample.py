@@ -25,18 +25,36 @@ import torch
 from genflow.accel import PRECISIONS
 from genflow.cli import Parser, UsageError, guarded
 
-SAMPLER_FLAGS = {"eta": float, "spacing": str, "variance": str, "method": str, "rtol": float, "atol": float,
-                 "snr": float, "corrector_steps": int, "predictor": str}
+SAMPLER_FLAGS = {  # option: (type, what it does and its allowed values)
+    "eta": (float, "DDIM noise, >= 0: 0 deterministic, 1 DDPM's posterior variance"),
+    "spacing": (str, "time grid: leading, trailing, linspace or quadratic (continuous processes: linspace or "
+                     "quadratic)"),
+    "variance": (str, "ancestral step variance: beta_tilde (posterior) or beta"),
+    "method": (str, "torchdiffeq method: dopri5, rk4, euler, ..."),
+    "rtol": (float, "relative tolerance of an adaptive method"),
+    "atol": (float, "absolute tolerance of an adaptive method"),
+    "snr": (float, "Langevin corrector signal-to-noise ratio, > 0"),
+    "corrector_steps": (int, "Langevin moves per step, >= 0"),
+    "predictor": (str, "predictor step: reverse_diffusion or euler_maruyama"),
+}
 
 
 def parser() -> argparse.ArgumentParser:
+    from dataclasses import fields
+
+    from genflow.samplers import SAMPLERS
+
     p = Parser(prog="genflow-sample", description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True, type=Path, help="a genflow checkpoint (e.g. RUN/checkpoints/last.pt)")
-    p.add_argument("--sampler", default=None, help="ddpm, ddim, euler_maruyama, pc or ode (default: the run's)")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's sampler config)")
-    for flag, kind in SAMPLER_FLAGS.items():
-        p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None, help=f"sampler option {flag}")
-    p.add_argument("--num", type=int, default=64, help="number of samples")
+    p.add_argument("--sampler", default=None, help=f"{', '.join(SAMPLERS)} (default: the run's sampler config)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampler steps, >= 1; on DDPM at most its timesteps (default: the run's sampler config, "
+                        "or another sampler's own default)")
+    for flag, (kind, text) in SAMPLER_FLAGS.items():
+        takers = [name for name, cls in SAMPLERS.items() if flag in {f.name for f in fields(cls)}]
+        p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None,
+                       help=f"{text} (sampler {' or '.join(takers)} only)")
+    p.add_argument("--num", type=int, default=64, help="number of samples, >= 1")
     p.add_argument("--batch-size", type=int, default=256,
                    help="samples per batch (fixed-step samplers: does not change the samples; an adaptive ODE "
                         "solver's steps depend on the batch at the level of its tolerance)")
@@ -45,9 +63,10 @@ def parser() -> argparse.ArgumentParser:
                         "(default: sample i gets class i %% num_classes)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance weight w >= 0: (1 + w) cond - w uncond (default 0: conditional)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the per-sample noise (sample i uses its own stream)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--out", type=Path, default=Path("samples"))
+    p.add_argument("--out", type=Path, default=Path("samples"),
+                   help="output folder for grid.png or points.png, samples.npz and info.json")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the network's autocast precision (the sampler's own arithmetic stays in fp32)")
@@ -56,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cuda-graph", action="store_true",
                    help="capture the per-step network call in a CUDA graph (fixed-step samplers, --device cuda)")
     p.add_argument("--no-tf32", action="store_true", help="full-precision float32 matmuls on CUDA (TF32 is on)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -122,26 +141,25 @@ def network(net: torch.nn.Module, args, settings: dict):
 def run(args) -> Path:
     from torchvision.utils import save_image
 
-    from genflow import nets, processes, samplers
+    from genflow import samplers
+    from genflow.cli import rebuild
     from genflow.data import render_points
-    from genflow.training.checkpoint import load
+    from genflow.training.checkpoint import CheckpointError, load
 
     if args.num < 1 or args.batch_size < 1:
         raise UsageError("--num and --batch-size must be >= 1")
     state = load(args.ckpt, map_location=args.device)
-    cfg = state["config"]
-    process, net = processes.build(cfg["process"]), nets.build(cfg["model"])
-    net.load_state_dict(state["model"] if args.no_ema else state["ema"]["model"])
-    net.to(args.device).eval()
-    settings = sampler_settings(args, cfg["sampler"])
+    process, net = rebuild(state, args.ckpt, ema=not args.no_ema, device=args.device)
+    settings = sampler_settings(args, state["config"]["sampler"])
     options = {k: v for k, v in settings.items() if k not in ("name", "steps")}
     algo = samplers.make(settings["name"], settings["steps"], **options)
     algo.check(process)
     if "data_shape" not in state:
-        raise UsageError(f"{args.ckpt} does not record the shape of its data (data_shape); it was not written "
-                         "by genflow-train")
+        raise CheckpointError(f"{args.ckpt} does not record the shape of its data (data_shape); it was not "
+                              "written by genflow-train")
     shape = tuple(state["data_shape"])
-    chosen, guidance = class_settings(args, cfg["model"].get("num_classes"))
+    classes = cfg["model"].get("num_classes")
+    chosen, guidance = class_settings(args, classes)
     if guidance and not cfg.get("trainer", {}).get("cond_drop_prob"):
         print("genflow-sample: warning: guidance on a model trained with trainer.cond_drop_prob=0: its null "
               "class (the unconditional model) was never trained", file=sys.stderr)
@@ -154,7 +172,7 @@ def run(args) -> Path:
         result = samplers.run(model, process, sampler=settings["name"], steps=settings["steps"],
                               shape=(n, *shape), generator=torch.Generator().manual_seed(args.seed),
                               seed_offset=offset, device=args.device, progress=not args.no_progress,
-                              cond=cond, guidance=guidance, uncond=null_class(cond, guidance, cfg["model"].get("num_classes")), **options)
+                              cond=cond, guidance=guidance, uncond=null_class(cond, guidance, classes), **options)
         batches.append(result.samples.float().cpu())
         nfe, factor = result.nfe, result.forward_batch_factor
     wall = time.perf_counter() - start

@@ -80,6 +80,14 @@ def _classifier_at(path: Path) -> tuple[DigitsNet, float]:
     return net, accuracy
 
 
+def digits_identity() -> str:
+    """What the digits features depend on: the net's VERSION and the bytes of its cached weights."""
+    from genflow.utils import sha256_of
+
+    digits_classifier()  # trained and cached on first use
+    return f"digits classifier v{VERSION} sha256:{sha256_of(cache_path())}"
+
+
 @torch.no_grad()
 def digits_features(images: Tensor, batch_size: int = 1024) -> Tensor:
     """128-d features of images in [-1, 1], shaped [n, 1, H, W]."""

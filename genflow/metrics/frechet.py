@@ -46,3 +46,25 @@ def gaussian_statistics(features) -> tuple[Tensor, Tensor]:
 def frechet_distance_of_features(a, b) -> float:
     """FD between Gaussians fitted to two feature sets."""
     return frechet_distance(*gaussian_statistics(a), *gaussian_statistics(b))
+
+
+def frechet_distance_to_statistics(features, mu, sigma) -> float:
+    """FD between the Gaussian fitted to ``features`` [n, d] and N(mu, sigma) (e.g. cached data statistics).
+
+    With fewer feature vectors than dimensions (n - 1 < d) the covariance C^T C / (n - 1) of the
+    centered features C has rank n - 1, and the nonzero eigenvalues of S1 S2 are those of the
+    n x n matrix C S2 C^T / (n - 1): the same number as ``frechet_distance``, without the d x d
+    eigendecompositions.
+    """
+    x = _as_f64(features).reshape(len(features), -1)
+    n, d = x.shape
+    if n - 1 >= d:
+        return frechet_distance(*gaussian_statistics(x), mu, sigma)
+    mu, sigma = _as_f64(mu), _as_f64(sigma)
+    if n < 2 or mu.shape != (d,) or sigma.shape != (d, d):
+        raise ValueError(f"need >= 2 feature vectors of dimension {mu.numel()}; got {tuple(x.shape)}")
+    centered = x - x.mean(0)
+    small = centered @ sigma @ centered.T / (n - 1)
+    trace_sqrt = torch.linalg.eigvalsh((small + small.T) / 2).clamp(min=0).sqrt().sum()
+    distance = (x.mean(0) - mu).square().sum() + centered.square().sum() / (n - 1) + sigma.trace() - 2 * trace_sqrt
+    return float(distance.clamp(min=0))

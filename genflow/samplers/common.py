@@ -102,10 +102,10 @@ class CountingModel:
 
 def check_steps(steps: int, process: GaussianPath | None = None) -> None:
     """steps >= 1; with a discrete ``process``, at most its number of steps."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1; got {steps!r}")
-    if process is not None and process.discrete and steps > process.timesteps:  # type: ignore[attr-defined]
-        raise ValueError(f"steps={steps} exceeds the {process.timesteps} steps of {process!r}")  # type: ignore[attr-defined]
+    most = process.timesteps if process is not None and process.discrete else None  # type: ignore[attr-defined]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or (most is not None and steps > most):
+        allowed = "an integer >= 1" if most is None else f"an integer >= 1 and <= {most} (the steps of {process!r})"
+        raise ValueError(f"steps must be {allowed}; got {steps!r}")
 
 
 def time_grid(process: GaussianPath, steps: int, spacing: str = "linspace") -> Tensor:

@@ -1,0 +1,107 @@
+"""Reference statistics of a data split in a feature space, cached on disk.
+
+The Fréchet distance needs the mean and covariance of the data's features, precision/recall the
+features themselves; both depend only on the data config, the split, the number of examples and
+the feature space, so they are computed once and kept under ``$GENFLOW_CACHE/reference_stats/``
+(default ``~/.cache/genflow``) as ``.npz`` files written atomically (temporary file, then rename).
+The file name is a hash of that identity, and the file stores the identity too: a file that does
+not match it, or cannot be read, is recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from genflow.metrics.frechet import gaussian_statistics
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """``extract(images) -> [n, d]``; ``name`` is for people, ``identity`` changes whenever the
+    features would (a network's version and a hash of its weights)."""
+
+    name: str
+    identity: str
+    extract: Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Mean and covariance (float64) of the reference features; the features when asked for;
+    ``status`` is "computed" or "cached"."""
+
+    mu: Tensor
+    sigma: Tensor
+    features: Tensor | None
+    examples: int
+    status: str
+    path: Path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GENFLOW_CACHE", Path.home() / ".cache" / "genflow")) / "reference_stats"
+
+
+def cache_path(identity: Mapping) -> Path:
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return cache_root() / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
+
+
+def reference(data: Mapping, split: str, examples: int, images: Callable[[], Tensor], space: FeatureSpace, *,
+              need_features: bool = False) -> Reference:
+    """The reference of ``examples`` examples of ``split`` of the data config ``data`` in ``space``:
+    read from the cache, else computed from ``images()`` and cached."""
+    identity = {"data": dict(data), "split": split, "examples": int(examples), "features": space.identity}
+    path = cache_path(identity)
+    found = _read(path, identity, need_features)
+    if found is not None:
+        return found
+    features = space.extract(images())
+    if len(features) != examples:
+        raise ValueError(f"expected {examples} reference examples, got {len(features)}")
+    mu, sigma = gaussian_statistics(features)
+    arrays = {"identity": np.array(json.dumps(identity, sort_keys=True, default=str)), "mu": mu.numpy(),
+              "sigma": sigma.numpy()}
+    if need_features:
+        arrays["features"] = features.numpy()
+    _write(path, arrays)
+    return Reference(mu, sigma, features if need_features else None, examples, "computed", path)
+
+
+def _read(path: Path, identity: Mapping, need_features: bool) -> Reference | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["identity"]) != json.dumps(identity, sort_keys=True, default=str):
+                return None
+            if need_features and "features" not in f.files:
+                return None
+            features = torch.from_numpy(f["features"]) if "features" in f.files and need_features else None
+            mu, sigma = torch.from_numpy(f["mu"]), torch.from_numpy(f["sigma"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None  # unreadable: compute it again and replace the file
+    return Reference(mu, sigma, features, int(identity["examples"]), "cached", path)
+
+
+def _write(path: Path, arrays: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
