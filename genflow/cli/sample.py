@@ -158,6 +158,7 @@ def run(args) -> Path:
         raise CheckpointError(f"{args.ckpt} does not record the shape of its data (data_shape); it was not "
                               "written by genflow-train")
     shape = tuple(state["data_shape"])
+    cfg = state["config"]
     classes = cfg["model"].get("num_classes")
     chosen, guidance = class_settings(args, classes)
     if guidance and not cfg.get("trainer", {}).get("cond_drop_prob"):
