@@ -253,7 +253,7 @@ def test_sample_cli_refuses_bad_fast_path_flags(toy_ckpt, tmp_path, capsys, flag
 
 
 @pytest.mark.parametrize("sampler,method,ok", [("ddim", None, True), ("pc", None, True), ("ode", "rk4", True),
-                                               ("ode", "dopri5", False), ("heun", None, False)])
+                                               ("ode", "dopri5", False), ("heun", None, True), ("lms", None, False)])
 def test_cuda_graphs_take_fixed_step_samplers_only(sampler, method, ok):
     if ok:  # the sampler passes; the device is what is refused here
         with pytest.raises(ValueError, match="need a CUDA device"):

@@ -21,6 +21,7 @@ from genflow.samplers.graphs import CUDAGraphModel, check_graphable
 from genflow.samplers.guidance import check_guidance, unconditional
 from genflow.samplers.ode import ODE, integrate
 from genflow.samplers.sde import EulerMaruyama, PredictorCorrector
+from genflow.samplers.solvers import SCHEDULES, DPMSolverPP2M, Heun, NoiseGrid, noise_grid
 
 SAMPLERS: dict[str, type] = {
     "ddpm": DDPMAncestral,
@@ -28,6 +29,8 @@ SAMPLERS: dict[str, type] = {
     "euler_maruyama": EulerMaruyama,
     "pc": PredictorCorrector,
     "ode": ODE,
+    "dpmpp_2m": DPMSolverPP2M,
+    "heun": Heun,
 }
 
 
@@ -129,6 +132,7 @@ def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", s
 
 
 __all__ = [
-    "DDIM", "ODE", "SAMPLERS", "CUDAGraphModel", "DDPMAncestral", "EulerMaruyama", "NoiseSource",
-    "PredictorCorrector", "SampleResult", "check_graphable", "encode", "make", "run", "sample", "time_grid",
+    "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolverPP2M", "EulerMaruyama",
+    "Heun", "NoiseGrid", "NoiseSource", "PredictorCorrector", "SampleResult", "check_graphable", "encode", "make",
+    "noise_grid", "run", "sample", "time_grid",
 ]

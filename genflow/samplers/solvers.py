@@ -1,0 +1,214 @@
+"""Higher-order solvers of the probability-flow ODE on any Gaussian path, in its log-SNR.
+
+Dividing x_t = alpha x0 + sigma eps by alpha gives every process EDM's form x/alpha = x0 + s eps
+with s = sigma/alpha = exp(-log_snr/2): the same ODE, d(x/alpha)/ds = eps, whatever the time
+axis (DDPM's kinks included). So the grids and solvers here are written once, in s (or the
+log-SNR), and a grid point becomes a process time through ``GaussianPath.time_at_log_snr``.
+
+- ``dpmpp_2m``: DPM-Solver++(2M), Lu et al. 2022b, Algorithm 2 (data prediction, multistep).
+- ``heun``: EDM's Heun sampler, Karras et al. 2022, Algorithm 1 (deterministic) and, with
+  ``s_churn`` > 0, Algorithm 2 (stochastic churn).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from genflow.processes.base import GaussianPath
+from genflow.samplers.common import CountingModel, NoiseSource, check_steps, full_time
+from genflow.utils import check_choice
+
+#: ``logsnr``: uniform in log-SNR (DPM-Solver's choice); ``karras``: EDM eq. 5 with ``rho``;
+#: ``time``: uniform in the process's own time.
+SCHEDULES = ("logsnr", "karras", "time")
+#: EDM's noise range (for data in [-1, 1]), clipped to the path's own.
+DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX = 0.002, 80.0
+
+
+@dataclass(frozen=True)
+class NoiseGrid:
+    """Where a solver evaluates the network: times t_0 = t_max > t_1 > ... with their noise levels.
+
+    ``sigmas`` are s = sigma/alpha (inf where alpha = 0, a flow's t = 1) and ``log_snrs`` the
+    log(alpha^2/sigma^2). With ``to_data`` the last step goes on from the last time to s = 0,
+    i.e. to the predicted x0 (a first-order step, as in EDM and DDIM); without, the solver stops
+    at the last time. ``jump``: the first step starts above the schedule (at t_max, where s is
+    above ``sigma_max`` or infinite) and lands on its second level.
+    """
+
+    times: list[float]
+    sigmas: list[float]
+    log_snrs: list[float]
+    to_data: bool
+    jump: bool = False
+
+    @property
+    def steps(self) -> int:
+        return len(self.times) - 1 + self.to_data
+
+
+def scaled_sigma(process: GaussianPath, t: float) -> float:
+    """s = sigma/alpha at time ``t`` (inf where alpha = 0)."""
+    return math.exp(-0.5 * float(process.log_snr(torch.tensor([t], dtype=torch.float64))))
+
+
+def time_at_sigma(process: GaussianPath, s: float) -> float:
+    """The time where sigma/alpha = ``s``."""
+    return float(process.time_at_log_snr(torch.tensor([-2.0 * math.log(s)], dtype=torch.float64)))
+
+
+def noise_grid(process: GaussianPath, steps: int, schedule: str = "logsnr", *, rho: float = 7.0,
+               sigma_min: float | None = None, sigma_max: float | None = None, to_data: bool = True) -> NoiseGrid:
+    """``steps`` solver steps from the prior's time t_max down to s = ``sigma_min``, and on to
+    s = 0 when ``to_data``.
+
+    The levels run from s_hi to s_lo by ``schedule``: by default EDM's range clipped to the path's,
+    s_hi = min(s(t_max), 80) and s_lo = max(s(t_min), 0.002); ``sigma_max`` and ``sigma_min`` set
+    them within the path's range. The first time is always t_max, where the prior sits: where
+    s(t_max) > s_hi (DDPM's and VP's s(t_max) ~ 157; a flow's is infinite) the first step jumps
+    from t_max to the schedule's second level.
+    """
+    check_steps(steps)
+    check_choice(schedule, SCHEDULES, "schedule")
+    if rho <= 0:
+        raise ValueError(f"rho must be > 0; got {rho}")
+    top, bottom = scaled_sigma(process, process.t_max), scaled_sigma(process, process.t_min)
+    hi = min(top, DEFAULT_SIGMA_MAX) if sigma_max is None else sigma_max
+    lo = max(bottom, DEFAULT_SIGMA_MIN) if sigma_min is None else sigma_min
+    if not bottom <= lo < hi <= top:
+        raise ValueError(f"need s(t_min) <= sigma_min < sigma_max <= s(t_max), with s = sigma/alpha: "
+                         f"{bottom:.4g} <= {lo:.4g} < {hi:.4g} <= {top:.4g} fails for {process!r}")
+    count = steps if to_data else steps + 1
+    u = torch.linspace(0.0, 1.0, count, dtype=torch.float64)
+    t_lo = float(process.t_min) if lo == bottom else time_at_sigma(process, lo)
+    if schedule == "time":
+        t_hi = float(process.t_max) if hi == top else time_at_sigma(process, hi)
+        times = t_hi + u * (t_lo - t_hi)
+    else:
+        if schedule == "karras":
+            s = (hi ** (1 / rho) + u * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+            log_snr = -2.0 * torch.log(s)
+        else:
+            log_snr = -2.0 * math.log(hi) + u * (2.0 * math.log(hi) - 2.0 * math.log(lo))
+        times = process.time_at_log_snr(log_snr)
+        times[-1] = t_lo
+    times[0] = process.t_max
+    log_snrs = process.log_snr(times)
+    return NoiseGrid(times=times.tolist(), sigmas=torch.exp(-0.5 * log_snrs).tolist(), log_snrs=log_snrs.tolist(),
+                     to_data=to_data, jump=top > hi)
+
+
+@dataclass(frozen=True)
+class _GridOptions:
+    steps: int = 20
+    schedule: str = "logsnr"
+    rho: float = 7.0
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    denoise: bool = True
+
+    def grid(self, process: GaussianPath) -> NoiseGrid:
+        return noise_grid(process, self.steps, self.schedule, rho=self.rho, sigma_min=self.sigma_min,
+                          sigma_max=self.sigma_max, to_data=self.denoise)
+
+    def check(self, process: GaussianPath) -> None:
+        self.grid(process)
+
+
+def _coefficients(process: GaussianPath, times: list[float]) -> tuple[list[float], list[float]]:
+    c = process.coefficients(torch.tensor(times, dtype=torch.float64))
+    return c.alpha.tolist(), c.sigma.tolist()
+
+
+@dataclass(frozen=True)
+class DPMSolverPP2M(_GridOptions):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2): one evaluation per step, second order.
+
+    With lambda = log(alpha/sigma) and h = lambda_s - lambda_t, a step from t to s is
+
+        x_s = (sigma_s/sigma_t) x_t + alpha_s (1 - e^-h) D,
+        D = (1 + 1/(2r)) x0_t - 1/(2r) x0_prev,   r = h_prev / h,
+
+    with D = x0_t on the first step (DDIM). The step to s = 0 (``denoise``) is first order,
+    D = x0_t: the second-order D has r = 0 there. NFE = ``steps``.
+    """
+
+    def __call__(self, net: CountingModel, process: GaussianPath, x: Tensor, noise: NoiseSource, progress) -> Tensor:
+        grid = self.grid(process)
+        alpha, sigma = _coefficients(process, grid.times)
+        lam = [0.5 * v for v in grid.log_snrs]
+        x0_prev, h_prev = None, math.inf
+        for i in progress(range(grid.steps)):
+            x0 = net.denoise(x, full_time(grid.times[i], x)).x0
+            if i == len(grid.times) - 1:
+                return x0  # the step to s = 0
+            h = lam[i + 1] - lam[i]
+            d = x0
+            if x0_prev is not None and math.isfinite(h_prev):
+                r = h_prev / h
+                d = (1 + 0.5 / r) * x0 - (0.5 / r) * x0_prev
+            # alpha_s (1 - e^-h) = alpha_s - alpha_t sigma_s / sigma_t: finite at a flow's alpha_t = 0
+            ratio = sigma[i + 1] / sigma[i]
+            x = ratio * x + (alpha[i + 1] - alpha[i] * ratio) * d
+            x0_prev, h_prev = x0, h
+        return x
+
+
+@dataclass(frozen=True)
+class Heun(_GridOptions):
+    """EDM's sampler (Karras et al. 2022): Heun's method on d(x/alpha)/ds = eps, s = sigma/alpha.
+
+    Alg. 1 with ``s_churn`` = 0: each step is an Euler step (the DDIM step) and a trapezoid
+    correction with eps at the Euler point, two evaluations; the step to s = 0 is Euler alone,
+    so NFE = 2 ``steps`` - 1 with ``denoise`` (2 ``steps`` without). A first step that jumps
+    from t_max down to the schedule (s(t_max) above ``sigma_max``; always for a flow, whose
+    s(t_max) is infinite) is Euler alone too: the trapezoid has no finite form at s = inf and
+    overshoots across a jump of many noise scales, where the x0 prediction barely moves and
+    Euler (DDIM) is nearly exact.
+
+    Alg. 2 (``s_churn`` > 0): before a step at level s in [``s_tmin``, ``s_tmax``], noise raises
+    it to s (1 + gamma), gamma = min(s_churn / steps, sqrt(2) - 1), kept within the path, with
+    fresh noise scaled by ``s_noise``.
+    """
+
+    steps: int = 18
+    schedule: str = "karras"
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = math.inf
+    s_noise: float = 1.0
+
+    def check(self, process: GaussianPath) -> None:
+        super().check(process)
+        if self.s_churn < 0 or self.s_noise < 0 or self.s_tmin < 0 or self.s_tmax < self.s_tmin:
+            raise ValueError("need s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax; got "
+                             f"{self.s_churn}, {self.s_noise}, {self.s_tmin}, {self.s_tmax}")
+
+    def __call__(self, net: CountingModel, process: GaussianPath, x: Tensor, noise: NoiseSource, progress) -> Tensor:
+        grid = self.grid(process)
+        alpha, _ = _coefficients(process, grid.times)
+        top = grid.sigmas[0]
+        gamma = min(self.s_churn / self.steps, math.sqrt(2) - 1)
+        for i in progress(range(grid.steps)):
+            t, s_t, a_t = grid.times[i], grid.sigmas[i], alpha[i]
+            if gamma > 0 and math.isfinite(s_t) and self.s_tmin <= s_t <= self.s_tmax:
+                s_hat = min(s_t * (1 + gamma), top)
+                t = time_at_sigma(process, s_hat)
+                a_hat = float(process.coefficients(torch.tensor([t], dtype=torch.float64)).alpha)
+                bump = math.sqrt(max(s_hat**2 - s_t**2, 0.0)) * self.s_noise
+                x = a_hat * (x / a_t + bump * noise.randn(x.shape[1:]))
+                s_t = s_hat
+            hub = net.denoise(x, full_time(t, x))
+            if i == len(grid.times) - 1:
+                return hub.x0  # Euler to s = 0
+            s_next, a_next = grid.sigmas[i + 1], alpha[i + 1]
+            scaled = hub.x0 + s_next * hub.eps  # Euler in s: x/alpha + (s_next - s_t) eps
+            if not (i == 0 and grid.jump):
+                eps_next = net.denoise(a_next * scaled, full_time(grid.times[i + 1], x)).eps
+                scaled = scaled + 0.5 * (s_next - s_t) * (eps_next - hub.eps)
+            x = a_next * scaled
+        return x
