@@ -126,6 +126,10 @@ DDPM_STEPS = "steps must be an integer >= 1 and <= 1000 (the steps of DDPM("
     (["--sampler", "ddim", "--spacing", "even"], "spacing must be one of leading, trailing, linspace, quadratic"),
     (["--sampler", "ddpm", "--variance", "big"], "variance must be one of beta, beta_tilde"),
     (["--sampler", "ddim", "--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
+    (["--sampler", "heun", "--schedule", "cosine"], "schedule must be one of logsnr, karras, time"),
+    (["--sampler", "dpmpp_2m", "--s-churn", "1"], "sampler 'dpmpp_2m' takes no option(s) s_churn"),
+    (["--sampler", "dpmpp_2m", "--sigma-min", "1e-6"], "need s(t_min) <= sigma_min < sigma_max <= s(t_max)"),
+    (["--sampler", "heun", "--s-churn", "-1"], "need s_churn >= 0"),
 ])
 def test_sample_cli_refuses_bad_sampler_settings_with_exit_2(ddpm_ckpt, tmp_path, capsys, argv, message):
     out = tmp_path / "out"
@@ -142,6 +146,21 @@ def test_sample_cli_takes_the_bounds_of_ddpm_steps(ddpm_ckpt, tmp_path, capsys):
         argv = ["--ckpt", str(ddpm_ckpt), "--out", str(out), "--num", "2", "--no-progress"]
         assert sample_main([*argv, "--sampler", sampler, "--steps", steps]) == 0
         assert json.loads((out / "info.json").read_text())["nfe_per_sample"] == nfe
+
+
+@pytest.mark.parametrize("flags,nfe", [
+    (["--sampler", "dpmpp_2m", "--steps", "6", "--schedule", "karras"], 6),
+    (["--sampler", "heun", "--steps", "4"], 6),  # 2 per step, 1 on the step to s = 0, 1 on the jump from t_max
+    (["--sampler", "heun", "--steps", "4", "--s-churn", "2", "--sigma-max", "10"], 6),
+])
+def test_sample_cli_runs_the_higher_order_solvers(ddpm_ckpt, tmp_path, flags, nfe):
+    argv = ["--ckpt", str(ddpm_ckpt), "--num", "6", "--no-progress", *flags]
+    assert sample_main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert sample_main([*argv, "--out", str(tmp_path / "b"), "--batch-size", "4"]) == 0
+    info = json.loads((tmp_path / "a" / "info.json").read_text())
+    assert info["nfe_per_sample"] == nfe and info["sampler"]["name"] == flags[1]
+    a, b = (np.load(tmp_path / d / "samples.npz")["samples"] for d in "ab")
+    assert np.allclose(a, b, atol=1e-5) and (tmp_path / "a" / "points.png").is_file()
 
 
 def test_sample_cli_help_explains_every_flag(capsys):

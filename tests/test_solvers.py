@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genflow.metrics import sliced_wasserstein
-from genflow.processes import DDPM, VESDE, VPSDE, FlowMatching
+from genflow.processes import VESDE, VPSDE, FlowMatching
 from genflow.samplers import noise_grid, run
 from genflow.samplers.solvers import scaled_sigma
 from genflow.testing import GaussianMixture

@@ -36,6 +36,14 @@ SAMPLER_FLAGS = {  # option: (type, what it does and its allowed values)
     "snr": (float, "Langevin corrector signal-to-noise ratio, > 0"),
     "corrector_steps": (int, "Langevin moves per step, >= 0"),
     "predictor": (str, "predictor step: reverse_diffusion or euler_maruyama"),
+    "schedule": (str, "noise levels by log-SNR: logsnr (uniform), karras (EDM's rho schedule) or time (uniform)"),
+    "rho": (float, "the karras schedule's rho, > 0 (EDM: 7)"),
+    "sigma_min": (float, "lowest noise level sigma/alpha of the grid (default max(path's, 0.002))"),
+    "sigma_max": (float, "highest level of the grid's schedule (default min(path's, 80)); above it one step jumps"),
+    "s_churn": (float, "EDM's stochastic churn, >= 0 (0: deterministic)"),
+    "s_tmin": (float, "churn only at noise levels >= s_tmin"),
+    "s_tmax": (float, "churn only at noise levels <= s_tmax"),
+    "s_noise": (float, "scale of the churn's fresh noise (EDM: 1.0 to 1.007)"),
 }
 
 
