@@ -69,8 +69,21 @@ ROWS = [
     ("pc", 500, {}),
     ("ode", 1, {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5}),
     ("ode", 50, {"method": "rk4"}),
+    ("dpmpp_2m", 10, {}),
+    ("dpmpp_2m", 20, {}),
+    ("dpmpp_2m", 20, {"denoise": False}),
+    ("dpmpp_2m", 20, {"schedule": "karras"}),
+    ("dpmpp_2m", 20, {"schedule": "time"}),
+    ("dpmpp_2m", 10, {"sigma_max": 5.0, "sigma_min": 0.03}),
+    ("dpmpp_2m", 20, {"sigma_max": 5.0, "sigma_min": 0.03}),
+    ("heun", 5, {}),
+    ("heun", 10, {}),
+    ("heun", 10, {"schedule": "time"}),
+    ("heun", 10, {"sigma_max": 5.0, "sigma_min": 0.03}),
+    ("heun", 18, {}),
 ]
-QUICK_ROWS = [r for r in ROWS if (r[0], r[1]) in {("ddpm", 1000), ("ddim", 20), ("ddim", 100), ("pc", 100), ("ode", 50)}]
+QUICK_ROWS = [r for r in ROWS if (r[0], r[1]) in {("ddpm", 1000), ("ddim", 20), ("ddim", 100), ("pc", 100), ("ode", 50),
+                                                  ("dpmpp_2m", 20), ("heun", 18)}]
 
 
 def spread(values: list[float]) -> str:
@@ -107,7 +120,7 @@ def quality_table(n: int, seeds: int, rows) -> None:
                     nfe = out.nfe
                     gaps.append(-target.log_prob(out.samples).mean().item() - entropy)
                     sws.append(sliced_wasserstein(out.samples, true_sets[2 * s], generator=g))
-                label = sampler + "".join(f" {k}={v}" for k, v in options.items() if k == "eta" or k == "method")
+                label = sampler + "".join(f" {k}={v}" for k, v in options.items() if k not in ("rtol", "atol"))
                 print(f"| {tname} | {pname} | {label} | {steps} | {nfe} | {spread(gaps)} | {spread(sws)} "
                       f"| {spread(floor)} | {statistics.fmean(walls):.2f} |", flush=True)
 
