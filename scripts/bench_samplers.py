@@ -71,7 +71,10 @@ ROWS = [
     ("ode", 50, {"method": "rk4"}),
     ("dpmpp_2m", 10, {}),
     ("dpmpp_2m", 20, {}),
+    ("dpmpp_2m", 30, {}),
+    ("dpmpp_2m", 40, {}),
     ("dpmpp_2m", 20, {"denoise": False}),
+    ("dpmpp_2m", 20, {"sigma_min": 0.3}),
     ("dpmpp_2m", 20, {"schedule": "karras"}),
     ("dpmpp_2m", 20, {"schedule": "time"}),
     ("dpmpp_2m", 10, {"sigma_max": 5.0, "sigma_min": 0.03}),
@@ -149,7 +152,8 @@ def overhead_table(repeats: int) -> None:
     ddpm, vp = DDPM(timesteps=1000), VPSDE()
     for sampler, process, steps, options in [("ddim", ddpm, 50, {}), ("ddpm", ddpm, 50, {}),
                                              ("euler_maruyama", vp, 50, {}), ("pc", vp, 25, {}),
-                                             ("ode", vp, 25, {"method": "rk4"})]:
+                                             ("ode", vp, 25, {"method": "rk4"}), ("dpmpp_2m", vp, 50, {}),
+                                             ("heun", vp, 25, {})]:
         walls, bare, alone = [], [], []
         for s in range(repeats):  # alternate the two measurements so drift hits both alike
             start = time.perf_counter()
@@ -172,15 +176,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer rows, 2 seeds, n=1000")
     parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--only", nargs="+", default=None, metavar="SAMPLER",
+                        help="quality rows of these samplers only (e.g. --only dpmpp_2m heun)")
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats for the overhead table")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"genflow bench_samplers — torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     if not args.skip_quality:
+        rows = QUICK_ROWS if args.quick else ROWS
+        rows = [r for r in rows if args.only is None or r[0] in args.only]
         if args.quick:
-            quality_table(1000, 2, QUICK_ROWS)
+            quality_table(1000, 2, rows)
         else:
-            quality_table(args.n, args.seeds, ROWS)
+            quality_table(args.n, args.seeds, rows)
     overhead_table(args.repeats)
 
 

@@ -99,7 +99,7 @@ class GaussianPath(ABC):
         c = self.coefficients(t)
         return 2.0 * (torch.log(c.alpha) - torch.log(c.sigma))
 
-    def time_at_log_snr(self, log_snr: Tensor, iterations: int = 100) -> Tensor:
+    def time_at_log_snr(self, log_snr: Tensor, iterations: int = 64) -> Tensor:
         """The time t in [t_min, t_max] with ``log_snr(t)`` equal to the target (float64).
 
         One route for every process: bisection on the decreasing log-SNR, so a solver that steps
@@ -109,7 +109,7 @@ class GaussianPath(ABC):
         target = torch.as_tensor(log_snr, dtype=torch.float64).reshape(-1)
         lo = torch.full_like(target, float(self.t_min))
         hi = torch.full_like(target, float(self.t_max))
-        for _ in range(iterations):  # 100 halvings of [t_min, t_max] reach float64's resolution
+        for _ in range(iterations):  # 64 halvings of [t_min, t_max] reach float64's resolution
             mid = 0.5 * (lo + hi)
             above = self.log_snr(mid) > target  # still too little noise: the answer is later
             lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)

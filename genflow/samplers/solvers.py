@@ -61,6 +61,22 @@ def time_at_sigma(process: GaussianPath, s: float) -> float:
     return float(process.time_at_log_snr(torch.tensor([-2.0 * math.log(s)], dtype=torch.float64)))
 
 
+def grid_range(process: GaussianPath, steps: int, schedule: str, *, rho: float, sigma_min: float | None,
+               sigma_max: float | None) -> tuple[float, float, float, float]:
+    """Check a grid's settings; s(t_max), s(t_min) and the schedule's ends s_hi, s_lo."""
+    check_steps(steps)
+    check_choice(schedule, SCHEDULES, "schedule")
+    if rho <= 0:
+        raise ValueError(f"rho must be > 0; got {rho}")
+    top, bottom = scaled_sigma(process, process.t_max), scaled_sigma(process, process.t_min)
+    hi = min(top, DEFAULT_SIGMA_MAX) if sigma_max is None else sigma_max
+    lo = max(bottom, DEFAULT_SIGMA_MIN) if sigma_min is None else sigma_min
+    if not bottom <= lo < hi <= top:
+        raise ValueError(f"need s(t_min) <= sigma_min < sigma_max <= s(t_max), with s = sigma/alpha: "
+                         f"{bottom:.4g} <= {lo:.4g} < {hi:.4g} <= {top:.4g} fails for {process!r}")
+    return top, bottom, hi, lo
+
+
 def noise_grid(process: GaussianPath, steps: int, schedule: str = "logsnr", *, rho: float = 7.0,
                sigma_min: float | None = None, sigma_max: float | None = None, to_data: bool = True) -> NoiseGrid:
     """``steps`` solver steps from the prior's time t_max down to s = ``sigma_min``, and on to
@@ -72,16 +88,7 @@ def noise_grid(process: GaussianPath, steps: int, schedule: str = "logsnr", *, r
     s(t_max) > s_hi (DDPM's and VP's s(t_max) ~ 157; a flow's is infinite) the first step jumps
     from t_max to the schedule's second level.
     """
-    check_steps(steps)
-    check_choice(schedule, SCHEDULES, "schedule")
-    if rho <= 0:
-        raise ValueError(f"rho must be > 0; got {rho}")
-    top, bottom = scaled_sigma(process, process.t_max), scaled_sigma(process, process.t_min)
-    hi = min(top, DEFAULT_SIGMA_MAX) if sigma_max is None else sigma_max
-    lo = max(bottom, DEFAULT_SIGMA_MIN) if sigma_min is None else sigma_min
-    if not bottom <= lo < hi <= top:
-        raise ValueError(f"need s(t_min) <= sigma_min < sigma_max <= s(t_max), with s = sigma/alpha: "
-                         f"{bottom:.4g} <= {lo:.4g} < {hi:.4g} <= {top:.4g} fails for {process!r}")
+    top, bottom, hi, lo = grid_range(process, steps, schedule, rho=rho, sigma_min=sigma_min, sigma_max=sigma_max)
     count = steps if to_data else steps + 1
     u = torch.linspace(0.0, 1.0, count, dtype=torch.float64)
     t_lo = float(process.t_min) if lo == bottom else time_at_sigma(process, lo)
@@ -116,7 +123,8 @@ class _GridOptions:
                           sigma_max=self.sigma_max, to_data=self.denoise)
 
     def check(self, process: GaussianPath) -> None:
-        self.grid(process)
+        grid_range(process, self.steps, self.schedule, rho=self.rho, sigma_min=self.sigma_min,
+                   sigma_max=self.sigma_max)
 
 
 def _coefficients(process: GaussianPath, times: list[float]) -> tuple[list[float], list[float]]:
