@@ -21,7 +21,7 @@ from genflow.samplers.graphs import CUDAGraphModel, check_graphable
 from genflow.samplers.guidance import check_guidance, unconditional
 from genflow.samplers.ode import ODE, integrate
 from genflow.samplers.sde import EulerMaruyama, PredictorCorrector
-from genflow.samplers.solvers import SCHEDULES, DPMSolverPP2M, Heun, NoiseGrid, noise_grid
+from genflow.samplers.solvers import SCHEDULES, DPMSolverPP2M, DPMSolverPP3M, Heun, NoiseGrid, noise_grid
 
 SAMPLERS: dict[str, type] = {
     "ddpm": DDPMAncestral,
@@ -30,6 +30,7 @@ SAMPLERS: dict[str, type] = {
     "pc": PredictorCorrector,
     "ode": ODE,
     "dpmpp_2m": DPMSolverPP2M,
+    "dpmpp_3m": DPMSolverPP3M,
     "heun": Heun,
 }
 
@@ -132,7 +133,7 @@ def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", s
 
 
 __all__ = [
-    "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolverPP2M", "EulerMaruyama",
+    "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolverPP2M", "DPMSolverPP3M", "EulerMaruyama",
     "Heun", "NoiseGrid", "NoiseSource", "PredictorCorrector", "SampleResult", "check_graphable", "encode", "make",
     "noise_grid", "run", "sample", "time_grid",
 ]
