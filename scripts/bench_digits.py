@@ -42,6 +42,8 @@ ROWS = [
     ("ode", 25, {"method": "rk4"}),
     ("dpmpp_2m", 10, {}),
     ("dpmpp_2m", 20, {}),
+    ("dpmpp_3m", 10, {}),
+    ("dpmpp_3m", 20, {}),
     ("heun", 10, {}),
     ("heun", 18, {}),
 ]
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--grids", type=Path, default=Path("docs/bench_digits"))
     parser.add_argument("--quick", action="store_true", help="skip the 500-1000-step rows")
+    parser.add_argument("--only", nargs="+", default=None, metavar="SAMPLER", help="rows of these samplers only")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -96,7 +99,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     print(f"| floor: {len(pick)} training digits | – | – | – | {floor[0]:.2f} | {floor[1]:.3f} | {floor[2]:.3f} |",
           flush=True)
-    for sampler, steps, options in (QUICK_ROWS if args.quick else ROWS):
+    rows = [r for r in (QUICK_ROWS if args.quick else ROWS) if args.only is None or r[0] in args.only]
+    for sampler, steps, options in rows:
         parts, start = [], time.perf_counter()
         for offset in range(0, args.num, args.batch_size):
             n = min(args.batch_size, args.num - offset)
