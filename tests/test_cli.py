@@ -129,7 +129,8 @@ DDPM_STEPS = "steps must be an integer >= 1 and <= 1000 (the steps of DDPM("
     (["--sampler", "heun", "--schedule", "cosine"], "schedule must be one of logsnr, karras, time"),
     (["--sampler", "dpmpp_2m", "--s-churn", "1"], "sampler 'dpmpp_2m' takes no option(s) s_churn"),
     (["--sampler", "dpmpp_2m", "--sigma-min", "1e-6"], "need s(t_min) <= sigma_min < sigma_max <= s(t_max)"),
-    (["--sampler", "heun", "--s-churn", "-1"], "need s_churn >= 0"),
+    (["--sampler", "heun", "--s-churn", "-1"], "need finite s_churn >= 0"),
+    (["--sampler", "dpmpp_2m", "--schedule", "karras", "--rho", "inf"], "rho must be a finite number > 0"),
 ])
 def test_sample_cli_refuses_bad_sampler_settings_with_exit_2(ddpm_ckpt, tmp_path, capsys, argv, message):
     out = tmp_path / "out"
@@ -157,8 +158,11 @@ def test_sample_cli_runs_the_higher_order_solvers(ddpm_ckpt, tmp_path, flags, nf
     argv = ["--ckpt", str(ddpm_ckpt), "--num", "6", "--no-progress", *flags]
     assert sample_main([*argv, "--out", str(tmp_path / "a")]) == 0
     assert sample_main([*argv, "--out", str(tmp_path / "b"), "--batch-size", "4"]) == 0
-    info = json.loads((tmp_path / "a" / "info.json").read_text())
+    info = json.loads((tmp_path / "a" / "info.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert info["nfe_per_sample"] == nfe and info["sampler"]["name"] == flags[1]
+    options = info["sampler_options"]  # every option as used, defaults included; inf as a string (strict JSON)
+    assert options["rho"] == 7.0 and options["steps"] == int(flags[3])
+    assert flags[1] != "heun" or options["s_tmax"] == "inf"
     a, b = (np.load(tmp_path / d / "samples.npz")["samples"] for d in "ab")
     assert np.allclose(a, b, atol=1e-5) and (tmp_path / "a" / "points.png").is_file()
 

@@ -70,6 +70,17 @@ def test_grid_refuses_bad_ranges():
         noise_grid(vp, 10, sigma_min=2.0, sigma_max=1.0)
     with pytest.raises(ValueError, match="schedule must be one of"):
         noise_grid(vp, 10, "cosine")
+    flow = FlowMatching()  # s runs from 0 at t = 0 to inf at t = 1: the grid's ends must lie inside
+    with pytest.raises(ValueError, match="sigma_min must be > 0 and sigma_max finite"):
+        noise_grid(flow, 10, sigma_min=0.0)
+    with pytest.raises(ValueError, match="sigma_min must be > 0 and sigma_max finite"):
+        noise_grid(flow, 10, sigma_max=math.inf)
+    for rho in (0.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="rho must be a finite number > 0"):
+            noise_grid(vp, 10, "karras", rho=rho)
+    for bad in ({"s_noise": math.nan}, {"s_churn": math.nan}, {"s_churn": math.inf}):
+        with pytest.raises(ValueError, match="need finite s_churn >= 0"):
+            run(gaussian().model(vp), vp, sampler="heun", steps=4, shape=(2, 2), **bad)
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         run(gaussian().model(vp), vp, sampler="heun", steps=0, shape=(2, 2))
 

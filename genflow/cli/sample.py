@@ -13,6 +13,7 @@ Exit status 2 for bad input (one line on stderr), 1 when a checkpoint cannot be 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -124,6 +125,15 @@ def class_settings(args, classes: int | None) -> tuple[list[int] | None, float]:
     return chosen, guidance
 
 
+def strict_json(value):
+    """``value`` with non-finite floats as strings ("inf"), which strict JSON readers accept."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def null_class(cond: dict, guidance: float, classes: int | None) -> dict | None:
     """The unconditional labels for guidance: the null class, index num_classes (given explicitly:
     the fast-path wrappers hide the net's class embedding from ``samplers.run``)."""
@@ -201,7 +211,8 @@ def run(args) -> Path:
     # classes cycle over the samples; each network evaluation ran forward_batch_factor rows per sample
     # (2 under guidance: the conditional and unconditional batches in one forward)
     info.update({"classes": chosen, "guidance": guidance, "forward_batch_factor": factor})
-    (args.out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    info["sampler_options"] = dataclasses.asdict(algo)  # every option as used, defaults included
+    (args.out / "info.json").write_text(json.dumps(strict_json(info), indent=2, allow_nan=False) + "\n")
     return picture
 
 

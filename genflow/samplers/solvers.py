@@ -66,11 +66,14 @@ def grid_range(process: GaussianPath, steps: int, schedule: str, *, rho: float, 
     """Check a grid's settings; s(t_max), s(t_min) and the schedule's ends s_hi, s_lo."""
     check_steps(steps)
     check_choice(schedule, SCHEDULES, "schedule")
-    if rho <= 0:
-        raise ValueError(f"rho must be > 0; got {rho}")
+    if not (math.isfinite(rho) and rho > 0):
+        raise ValueError(f"rho must be a finite number > 0; got {rho}")
     top, bottom = scaled_sigma(process, process.t_max), scaled_sigma(process, process.t_min)
     hi = min(top, DEFAULT_SIGMA_MAX) if sigma_max is None else sigma_max
     lo = max(bottom, DEFAULT_SIGMA_MIN) if sigma_min is None else sigma_min
+    if not (0 < lo and math.isfinite(hi)):
+        raise ValueError(f"sigma_min must be > 0 and sigma_max finite (s = sigma/alpha; the grid's ends); "
+                         f"got {lo}, {hi}")
     if not bottom <= lo < hi <= top:
         raise ValueError(f"need s(t_min) <= sigma_min < sigma_max <= s(t_max), with s = sigma/alpha: "
                          f"{bottom:.4g} <= {lo:.4g} < {hi:.4g} <= {top:.4g} fails for {process!r}")
@@ -228,9 +231,10 @@ class Heun(_GridOptions):
 
     def check(self, process: GaussianPath) -> None:
         super().check(process)
-        if self.s_churn < 0 or self.s_noise < 0 or self.s_tmin < 0 or self.s_tmax < self.s_tmin:
-            raise ValueError("need s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax; got "
-                             f"{self.s_churn}, {self.s_noise}, {self.s_tmin}, {self.s_tmax}")
+        finite = all(math.isfinite(v) for v in (self.s_churn, self.s_noise, self.s_tmin)) and not math.isnan(self.s_tmax)
+        if not finite or self.s_churn < 0 or self.s_noise < 0 or self.s_tmin < 0 or self.s_tmax < self.s_tmin:
+            raise ValueError("need finite s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax (s_tmax may be inf); "
+                             f"got {self.s_churn}, {self.s_noise}, {self.s_tmin}, {self.s_tmax}")
 
     def __call__(self, net: CountingModel, process: GaussianPath, x: Tensor, noise: NoiseSource, progress) -> Tensor:
         grid = self.grid(process)
