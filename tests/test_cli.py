@@ -128,6 +128,7 @@ DDPM_STEPS = "steps must be an integer >= 1 and <= 1000 (the steps of DDPM("
     (["--sampler", "ddim", "--steps", "ten"], "argument --steps: invalid int value: 'ten'"),
     (["--sampler", "heun", "--schedule", "cosine"], "schedule must be one of logsnr, karras, time"),
     (["--sampler", "dpmpp_2m", "--s-churn", "1"], "sampler 'dpmpp_2m' takes no option(s) s_churn"),
+    (["--sampler", "ddpm", "--no-denoise"], "sampler 'ddpm' takes no option(s) denoise"),
     (["--sampler", "dpmpp_2m", "--sigma-min", "1e-6"], "need s(t_min) <= sigma_min < sigma_max <= s(t_max)"),
     (["--sampler", "heun", "--s-churn", "-1"], "need finite s_churn >= 0"),
     (["--sampler", "dpmpp_2m", "--schedule", "karras", "--rho", "inf"], "rho must be a finite number > 0"),
@@ -153,6 +154,7 @@ def test_sample_cli_takes_the_bounds_of_ddpm_steps(ddpm_ckpt, tmp_path, capsys):
     (["--sampler", "dpmpp_2m", "--steps", "6", "--schedule", "karras"], 6),
     (["--sampler", "heun", "--steps", "4"], 6),  # 2 per step, 1 on the step to s = 0, 1 on the jump from t_max
     (["--sampler", "heun", "--steps", "4", "--s-churn", "2", "--sigma-max", "10"], 6),
+    (["--sampler", "dpmpp_3m", "--steps", "5", "--no-denoise"], 5),
 ])
 def test_sample_cli_runs_the_higher_order_solvers(ddpm_ckpt, tmp_path, flags, nfe):
     argv = ["--ckpt", str(ddpm_ckpt), "--num", "6", "--no-progress", *flags]

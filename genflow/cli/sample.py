@@ -63,6 +63,10 @@ def parser() -> argparse.ArgumentParser:
         takers = [name for name, cls in SAMPLERS.items() if flag in {f.name for f in fields(cls)}]
         p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None,
                        help=f"{text} (sampler {' or '.join(takers)} only)")
+    takers = [name for name, cls in SAMPLERS.items() if "denoise" in {f.name for f in fields(cls)}]
+    p.add_argument("--no-denoise", dest="denoise", action="store_false", default=None,
+                   help=f"stop at the grid's last noise level instead of ending on the predicted x0 (one NFE less "
+                        f"for most; sampler {' or '.join(takers)} only)")
     p.add_argument("--num", type=int, default=64, help="number of samples, >= 1")
     p.add_argument("--batch-size", type=int, default=256,
                    help="samples per batch (fixed-step samplers: does not change the samples; an adaptive ODE "
@@ -99,7 +103,7 @@ def sampler_settings(args, stored: dict) -> dict:
     settings.setdefault("steps", samplers.SAMPLERS[name].steps)  # the sampler's own default
     if args.steps is not None:
         settings["steps"] = args.steps
-    settings.update({k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None})
+    settings.update({k: getattr(args, k) for k in [*SAMPLER_FLAGS, "denoise"] if getattr(args, k) is not None})
     return {"name": name, **settings}
 
 
