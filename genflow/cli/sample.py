@@ -114,9 +114,10 @@ def class_settings(args, classes: int | None) -> tuple[list[int] | None, float]:
             raise UsageError("--class and --guidance need a class-conditional checkpoint (model.num_classes); "
                              "this one is unconditional")
         return None, 0.0
+    from genflow.samplers.guidance import check_guidance
+
     guidance = 0.0 if args.guidance is None else args.guidance
-    if not math.isfinite(guidance) or guidance < 0:
-        raise UsageError(f"--guidance must be a finite number >= 0 (0 is the conditional model); got {guidance}")
+    check_guidance(guidance, "--guidance")
     if args.classes is None:
         return list(range(classes)), guidance
     try:
@@ -136,14 +137,6 @@ def strict_json(value):
     if isinstance(value, (list, tuple)):
         return [strict_json(v) for v in value]
     return str(value) if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def null_class(cond: dict, guidance: float, classes: int | None) -> dict | None:
-    """The unconditional labels for guidance: the null class, index num_classes (given explicitly:
-    the fast-path wrappers hide the net's class embedding from ``samplers.run``)."""
-    if not guidance:
-        return None
-    return {"y": torch.full_like(cond["y"], classes)}
 
 
 def network(net: torch.nn.Module, args, settings: dict):
@@ -166,6 +159,7 @@ def run(args) -> Path:
     from genflow import samplers
     from genflow.cli import rebuild
     from genflow.data import render_points
+    from genflow.samplers.guidance import null_condition
     from genflow.training.checkpoint import CheckpointError, load
 
     if args.num < 1 or args.batch_size < 1:
@@ -195,7 +189,9 @@ def run(args) -> Path:
         result = samplers.run(model, process, sampler=settings["name"], steps=settings["steps"],
                               shape=(n, *shape), generator=torch.Generator().manual_seed(args.seed),
                               seed_offset=offset, device=args.device, progress=not args.no_progress,
-                              cond=cond, guidance=guidance, uncond=null_class(cond, guidance, classes), **options)
+                              cond=cond, guidance=guidance, **options,
+                              # the null class given explicitly: the fast-path wrappers hide the net's class embedding
+                              uncond=null_condition(cond, classes) if guidance else None)
         batches.append(result.samples.float().cpu())
         nfe, factor = result.nfe, result.forward_batch_factor
     wall = time.perf_counter() - start

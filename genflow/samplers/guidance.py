@@ -20,15 +20,20 @@ def unconditional(model, cond: dict, uncond: dict | None) -> dict:
         if embed is None or "y" not in cond:
             raise ValueError("guidance needs class labels (cond={'y': labels}) and a net with a class embedding "
                              "(num_classes), or the unconditional cond passed as uncond=")
-        return {**cond, "y": torch.full_like(cond["y"], embed.num_classes)}
+        return null_condition(cond, embed.num_classes)
     if set(uncond) != set(cond) or any(uncond[k].shape != cond[k].shape for k in cond):
         raise ValueError(f"uncond must have the keys and shapes of cond ({', '.join(cond) or 'none'}); "
                          f"got {', '.join(uncond) or 'none'}")
     return uncond
 
 
-def check_guidance(guidance: float) -> None:
+def null_condition(cond: dict, classes: int) -> dict:
+    """``cond`` with every label ``y`` set to the null class, index ``classes``."""
+    return {**cond, "y": torch.full_like(cond["y"], classes)}
+
+
+def check_guidance(guidance: float, what: str = "guidance") -> None:
     if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
             or guidance < 0:
-        raise ValueError(f"guidance must be a finite number >= 0 (w of Ho & Salimans 2022; 0 is the conditional "
+        raise ValueError(f"{what} must be a finite number >= 0 (w of Ho & Salimans 2022; 0 is the conditional "
                          f"model); got {guidance!r}")
