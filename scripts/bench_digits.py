@@ -24,7 +24,7 @@ from torchvision.utils import save_image
 from genflow import samplers
 from genflow.cli import rebuild
 from genflow.data import digits
-from genflow.metrics import frechet_distance_of_features, precision_recall
+from genflow.metrics import frechet_distance_to_statistics, gaussian_statistics, precision_recall
 from genflow.metrics.digits_features import digits_classifier, digits_features
 from genflow.training import Trainer, compose
 from genflow.training.checkpoint import load
@@ -62,10 +62,10 @@ def train(run_dir: Path, steps: int) -> Path:
     return run_dir / "checkpoints" / "last.pt"
 
 
-def scores(images: torch.Tensor, real: torch.Tensor) -> tuple[float, float, float]:
+def scores(images: torch.Tensor, real: torch.Tensor, real_stats: tuple) -> tuple[float, float, float]:
     fake = digits_features(images)
     precision, recall = precision_recall(real, fake, k=3)
-    return frechet_distance_of_features(fake, real), precision, recall
+    return frechet_distance_to_statistics(fake, *real_stats), precision, recall
 
 
 def main() -> None:
@@ -87,9 +87,11 @@ def main() -> None:
     shape = tuple(state["data_shape"])
     _, accuracy = digits_classifier()
     real = digits_features(digits("test").tensors[0])
+    real_stats = gaussian_statistics(real)  # once for every row
     train_x = digits("train").tensors[0]
-    pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[: min(args.num, len(train_x))]
-    floor = scores(train_x[pick], real)
+    order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))
+    pick = order[: min(args.num, len(train_x))]
+    floor = scores(train_x[pick], real, real_stats)
     args.grids.mkdir(parents=True, exist_ok=True)
 
     print(f"\ngenflow bench_digits — torch {torch.__version__}, {torch.get_num_threads()} threads, checkpoint "
@@ -109,7 +111,7 @@ def main() -> None:
             parts.append(out.samples.clamp(-1, 1))
         wall = time.perf_counter() - start
         images = torch.cat(parts)
-        fd, precision, recall = scores(images, real)
+        fd, precision, recall = scores(images, real, real_stats)
         name = label(sampler, options)
         grid = torch.nn.functional.interpolate((images[:64] + 1) / 2, scale_factor=4, mode="nearest")  # 32x32 digits
         save_image(grid, args.grids / f"{name.replace(' ', '_')}_{steps}.png", nrow=8, padding=4)
