@@ -133,7 +133,7 @@ def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", s
 
 
 __all__ = [
-    "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolverPP2M", "DPMSolverPP3M", "EulerMaruyama",
-    "Heun", "NoiseGrid", "NoiseSource", "PredictorCorrector", "SampleResult", "check_graphable", "encode", "make",
-    "noise_grid", "run", "sample", "time_grid",
+    "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolverPP2M", "DPMSolverPP3M",
+    "EulerMaruyama", "Heun", "NoiseGrid", "NoiseSource", "PredictorCorrector", "SampleResult", "check_graphable",
+    "encode", "make", "noise_grid", "run", "sample", "time_grid",
 ]

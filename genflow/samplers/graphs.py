@@ -15,7 +15,8 @@ from torch import Tensor
 
 from genflow.samplers.ode import FIXED_GRID_METHODS
 
-GRAPH_SAMPLERS = ("ddim", "ddpm", "euler_maruyama", "pc", "dpmpp_2m", "dpmpp_3m", "heun", "ode")  # ode: with a fixed-grid method only
+# ode: with a fixed-grid method only
+GRAPH_SAMPLERS = ("ddim", "ddpm", "euler_maruyama", "pc", "dpmpp_2m", "dpmpp_3m", "heun", "ode")
 
 
 def check_graphable(sampler: str, device: torch.device | str, method: str | None = None) -> None:

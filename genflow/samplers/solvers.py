@@ -6,6 +6,7 @@ axis (DDPM's kinks included). So the grids and solvers here are written once, in
 log-SNR), and a grid point becomes a process time through ``GaussianPath.time_at_log_snr``.
 
 - ``dpmpp_2m``: DPM-Solver++(2M), Lu et al. 2022b, Algorithm 2 (data prediction, multistep).
+- ``dpmpp_3m``: its third-order multistep sibling (with the second-derivative term at full weight).
 - ``heun``: EDM's Heun sampler, Karras et al. 2022, Algorithm 1 (deterministic) and, with
   ``s_churn`` > 0, Algorithm 2 (stochastic churn).
 """
@@ -231,8 +232,8 @@ class Heun(_GridOptions):
 
     def check(self, process: GaussianPath) -> None:
         super().check(process)
-        finite = all(math.isfinite(v) for v in (self.s_churn, self.s_noise, self.s_tmin)) and not math.isnan(self.s_tmax)
-        if not finite or self.s_churn < 0 or self.s_noise < 0 or self.s_tmin < 0 or self.s_tmax < self.s_tmin:
+        ok = all(math.isfinite(v) and v >= 0 for v in (self.s_churn, self.s_noise, self.s_tmin))
+        if not (ok and self.s_tmax >= self.s_tmin):  # a NaN s_tmax fails the comparison too
             raise ValueError("need finite s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax (s_tmax may be inf); "
                              f"got {self.s_churn}, {self.s_noise}, {self.s_tmin}, {self.s_tmax}")
 
