@@ -80,9 +80,16 @@ class ClassEmbedding(nn.Module):
         y = y.long()
         if y.shape != (batch,):
             raise ValueError(f"class labels must have shape ({batch},); got {tuple(y.shape)}")
-        if bool(((y < 0) | (y > self.num_classes)).any()):
+        if not _tracing() and bool(((y < 0) | (y > self.num_classes)).any()):
             raise ValueError(f"class labels must lie in 0..{self.num_classes} ({self.num_classes} = null class)")
         return self.table(y)
+
+
+def _tracing() -> bool:
+    """Whether this call is being recorded (torch.compile, a CUDA-graph capture): the label check
+    reads a value back to the host, which breaks a compiled graph and is not allowed while a CUDA
+    graph captures. Eager calls, the warm-up before a capture included, still check the labels."""
+    return torch.compiler.is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 
 def time_and_class(time_embed: TimeEmbedding, class_embed: ClassEmbedding | None, t: Tensor, y: Tensor | None,
