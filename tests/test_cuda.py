@@ -94,9 +94,19 @@ def test_flow_matching_ot_coupling_on_cuda():
 FIXED_STEP = [("ddim", {}), ("ddpm", {}), ("euler_maruyama", {}), ("pc", {}), ("ode", {"method": "rk4"})]
 
 
+@pytest.fixture
+def no_tf32():
+    """Full fp32 matmuls and convolutions for the test (cuDNN's TF32 is on by default and may pick
+    other algorithms, so other roundings, for other batch sizes); the settings are restored after."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("sampler,options", FIXED_STEP)
-def test_cuda_graph_samples_equal_eager_samples(sampler, options, precision):
+def test_cuda_graph_samples_equal_eager_samples(sampler, options, precision, no_tf32):
     from genflow.accel import FastModel
     from genflow.samplers import CUDAGraphModel
     from test_nets import randomize, small_unet
@@ -120,13 +130,48 @@ def test_cuda_graph_samples_equal_eager_samples(sampler, options, precision):
     torch.testing.assert_close(small, graphed[:4], rtol=tol, atol=2 * tol)
 
 
+def test_cuda_graph_of_a_guided_class_conditional_net_equals_eager(no_tf32):
+    """Labels are inputs of the recorded call (copied in at each replay), and the guided batch is
+    the doubled one; the class embedding's label check must stay out of the capture."""
+    from genflow.samplers import CUDAGraphModel
+    from test_nets import randomize, small_unet
+
+    torch.manual_seed(0)
+    net = randomize(small_unet(num_classes=3)).to(CUDA).requires_grad_(False)
+    process = DDPM()
+
+    def draw(m, labels):
+        return genflow.sample(m, process, sampler="ddim", steps=8, shape=(4, 1, 8, 8), device=CUDA,
+                              generator=torch.Generator().manual_seed(3), cond={"y": labels}, guidance=2.0)
+
+    first, second = torch.tensor([0, 1, 2, 0], device=CUDA), torch.tensor([2, 2, 1, 0], device=CUDA)
+    graphed = CUDAGraphModel(net)
+    for labels in (first, second):  # the second batch replays the graph recorded with the first labels
+        torch.testing.assert_close(draw(graphed, labels), draw(net, labels), rtol=1e-5, atol=1e-5)
+    assert len(graphed.graphs) == 1
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_graph_on_a_device_that_is_not_current(no_tf32):
+    from genflow.samplers import CUDAGraphModel
+    from test_nets import randomize, small_unet
+
+    torch.manual_seed(0)
+    other = torch.device("cuda", 1)
+    net = randomize(small_unet()).to(other).requires_grad_(False)
+    assert torch.cuda.current_device() == 0
+    draws = [genflow.sample(m, DDPM(), sampler="ddim", steps=8, shape=(4, 1, 8, 8), device=other,
+                            generator=torch.Generator().manual_seed(3)) for m in (net, CUDAGraphModel(net))]
+    torch.testing.assert_close(draws[1], draws[0], rtol=1e-5, atol=1e-5)
+
+
 def cuda_tiny(run_dir, *extra):
     from test_training import tiny
 
     return [o for o in tiny(run_dir) if o != "trainer.device=cpu"] + ["trainer.device=cuda", *extra]
 
 
-def test_trainer_fast_path_on_cuda_compiles_fuses_and_keeps_checkpoint_keys(tmp_path):
+def test_trainer_fast_path_on_cuda_compiles_fuses_and_keeps_checkpoint_keys(tmp_path, no_tf32):
     from genflow.training import checkpoint
     from genflow.training.config import compose
     from genflow.training.trainer import Trainer
@@ -142,7 +187,6 @@ def test_trainer_fast_path_on_cuda_compiles_fuses_and_keeps_checkpoint_keys(tmp_
     genflow.nets.build(state["config"]["model"]).load_state_dict(state["model"])  # strict: the bare keys
     Trainer(compose(cuda_tiny(tmp_path / "off", "trainer.tf32=false")))
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
 
 def test_trainer_channels_last_bf16_images_on_cuda(tmp_path):

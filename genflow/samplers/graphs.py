@@ -53,7 +53,10 @@ class _Captured:
                 call()
         torch.cuda.current_stream(x.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        # captured on the side stream, which lives on x's device: torch.cuda.graph's own default
+        # stream is made on the *current* device, and a capture there would record nothing of a
+        # call on another GPU (e.g. --device cuda:1 with cuda:0 current)
+        with torch.cuda.graph(self.graph, pool=pool, stream=side):
             self.output = call()
 
     def __call__(self, x: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
@@ -82,9 +85,10 @@ class CUDAGraphModel:
         if not x.is_cuda:
             raise ValueError(f"CUDA graphs need CUDA tensors; got x on {x.device}")
         key = _signature(x, t, cond)
-        if key not in self.graphs:
-            if self.pool is None:
-                self.pool = torch.cuda.graph_pool_handle()
-            with torch.no_grad():
-                self.graphs[key] = _Captured(self.model, x, t, cond, self.pool, self.warmup)
-        return self.graphs[key](x, t, cond)
+        with torch.cuda.device(x.device):  # capture, copies and replay on x's GPU, whichever is current
+            if key not in self.graphs:
+                if self.pool is None:
+                    self.pool = torch.cuda.graph_pool_handle()
+                with torch.no_grad():
+                    self.graphs[key] = _Captured(self.model, x, t, cond, self.pool, self.warmup)
+            return self.graphs[key](x, t, cond)
