@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import genflow
+from genflow import accel
 from genflow.nets import MLP
 from genflow.processes import DDPM, VPSDE
 from genflow.samplers import SAMPLERS, CountingModel, run
@@ -145,6 +146,10 @@ def test_the_null_class_defaults_to_the_nets_and_genflow_sample_takes_guidance()
     default = genflow.sample(net, process, **common)
     explicit = genflow.sample(net, process, **common, uncond={"y": labels(8, 3)})
     assert torch.equal(default, explicit)
+    # found through the fast-path wrappers too (FastModel's and Compiled's inner nets)
+    wrapped = accel.FastModel(accel.Compiled(net, backend="eager"), "bf16")
+    torch.testing.assert_close(genflow.sample(wrapped, process, **common),
+                               genflow.sample(wrapped, process, **common, uncond={"y": labels(8, 3)}), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("classes,kwargs,message", [

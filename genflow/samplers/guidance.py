@@ -14,9 +14,10 @@ import torch
 def unconditional(model, cond: dict, uncond: dict | None) -> dict:
     """The unconditional counterpart of ``cond``: ``uncond`` if given (the same keys and shapes),
     else ``cond`` with every label ``y`` set to the net's null class, index ``num_classes`` of its
-    class embedding (genflow.nets.embeddings.ClassEmbedding)."""
+    class embedding (genflow.nets.embeddings.ClassEmbedding), found through the wrappers around the
+    net (DDP's and Compiled's ``module``, FastModel's and CUDAGraphModel's ``model``)."""
     if uncond is None:
-        embed = getattr(getattr(model, "module", model), "class_embed", None)
+        embed = class_embedding(model)
         if embed is None or "y" not in cond:
             raise ValueError("guidance needs class labels (cond={'y': labels}) and a net with a class embedding "
                              "(num_classes), or the unconditional cond passed as uncond=")
@@ -25,6 +26,17 @@ def unconditional(model, cond: dict, uncond: dict | None) -> dict:
         raise ValueError(f"uncond must have the keys and shapes of cond ({', '.join(cond) or 'none'}); "
                          f"got {', '.join(uncond) or 'none'}")
     return uncond
+
+
+def class_embedding(model, depth: int = 8):
+    """The class embedding of the net inside ``model`` and its wrappers, or None."""
+    for _ in range(depth):
+        embed = getattr(model, "class_embed", None)
+        inner = getattr(model, "module", None) or getattr(model, "model", None)
+        if embed is not None or inner is None:
+            return embed
+        model = inner
+    return None
 
 
 def null_condition(cond: dict, classes: int) -> dict:
