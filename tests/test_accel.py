@@ -148,6 +148,21 @@ def test_inductor_compiles_training_on_cpu_and_matches_eager(tmp_path, capsys):
     assert ckpt_model(tmp_path / "compiled").keys() == eager.net.state_dict().keys()
 
 
+def test_a_class_conditional_net_compiles_into_one_graph():
+    """The class embedding's label check reads a value back to the host: a graph break under
+    torch.compile and an error inside a CUDA-graph capture. It is skipped while tracing, so the
+    conditional net compiles whole (fullgraph=True refuses any break); eager calls still check."""
+    torch.manual_seed(0)
+    net = randomize(UNet(image_size=8, in_channels=1, channels=8, channel_mult=(1, 2), num_res_blocks=1,
+                         attention_resolutions=(4,), norm_groups=8, num_classes=3)).eval()
+    compiled = torch.compile(net, backend="eager", fullgraph=True)
+    x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([1.0, 300.0, 600.0, 999.0]), torch.tensor([0, 1, 2, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x, t, y=y), net(x, t, y=y), rtol=0, atol=0)
+        with pytest.raises(ValueError, match=r"class labels must lie in 0..3 \(3 = null class\)"):
+            net(x, t, y=torch.tensor([0, 1, 2, 4]))
+
+
 # ------------------------------------------------------------ channels-last
 def test_channels_last_trains_images_like_the_default_layout(tmp_path):
     plain = image_fit(tmp_path / "plain")
@@ -246,8 +261,8 @@ def test_sample_cli_precision_and_compile_switches(toy_ckpt, tmp_path, monkeypat
     assert 0 < spread < 0.05, spread  # the network in bf16, the sampler in fp32
     graphs = []
     monkeypatch.setitem(accel.COMPILE_OPTIONS, "backend", lambda gm, inputs: graphs.append(gm) or gm.forward)
-    compiled = draw(toy_ckpt, tmp_path / "compiled", "--compile", "--channels-last")
-    assert graphs
+    compiled = draw(toy_ckpt, tmp_path / "compiled", "--compile", "--channels-last", "--batch-size", "4")
+    assert len(graphs) == 1  # the 2 last samples drawn in a batch of 4 and cut: one shape, one compilation
     np.testing.assert_allclose(compiled, plain, rtol=1e-6, atol=1e-6)
     info = json.loads((tmp_path / "compiled" / "info.json").read_text())
     flags = (info["precision"], info["compile"], info["channels_last"], info["cuda_graph"])

@@ -182,17 +182,22 @@ def run(args) -> Path:
               "class (the unconditional model) was never trained", file=sys.stderr)
     labels = torch.tensor(chosen)[torch.arange(args.num) % len(chosen)] if chosen else None
     model = network(net, args, settings)
+    # A compiled or graphed net is specialised to its input shapes: the last, partial batch is drawn
+    # at full size and cut (a sample does not depend on its batch), not compiled or captured again.
+    fixed = min(args.batch_size, args.num) if args.compile or args.cuda_graph else None
     start, batches, nfe, factor = time.perf_counter(), [], 0, 1
     for offset in range(0, args.num, args.batch_size):
         n = min(args.batch_size, args.num - offset)
-        cond = {"y": labels[offset:offset + n].to(args.device)} if chosen else {}
+        size = fixed or n
+        cond = {"y": torch.tensor(chosen)[torch.arange(offset, offset + size) % len(chosen)].to(args.device)} \
+            if chosen else {}
         result = samplers.run(model, process, sampler=settings["name"], steps=settings["steps"],
-                              shape=(n, *shape), generator=torch.Generator().manual_seed(args.seed),
+                              shape=(size, *shape), generator=torch.Generator().manual_seed(args.seed),
                               seed_offset=offset, device=args.device, progress=not args.no_progress,
                               cond=cond, guidance=guidance, **options,
-                              # the null class given explicitly: the fast-path wrappers hide the net's class embedding
+                              # the null class of the checkpoint's config, named explicitly
                               uncond=null_condition(cond, classes) if guidance else None)
-        batches.append(result.samples.float().cpu())
+        batches.append(result.samples[:n].float().cpu())
         nfe, factor = result.nfe, result.forward_batch_factor
     wall = time.perf_counter() - start
     x = torch.cat(batches)
