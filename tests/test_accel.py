@@ -16,10 +16,12 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+import genflow
 from genflow import accel, nets
 from genflow.cli.sample import main as sample_main
-from genflow.nets import UNet
-from genflow.samplers import CUDAGraphModel, check_graphable
+from genflow.nets import MLP, UNet
+from genflow.processes import DDPM
+from genflow.samplers import SAMPLERS, CUDAGraphModel, check_graphable
 from genflow.training import checkpoint
 from genflow.training.config import compose
 from genflow.training.trainer import Trainer
@@ -161,6 +163,18 @@ def test_a_class_conditional_net_compiles_into_one_graph():
         torch.testing.assert_close(compiled(x, t, y=y), net(x, t, y=y), rtol=0, atol=0)
         with pytest.raises(ValueError, match=r"class labels must lie in 0..3 \(3 = null class\)"):
             net(x, t, y=torch.tensor([0, 1, 2, 4]))
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_every_sampler_calls_a_compiled_net_with_one_input_layout(sampler):
+    """One captured graph per sampling run: every call passes a contiguous time vector of the
+    samples' dtype (the ODE's expanded scalar time once made a second graph)."""
+    graphs = []
+    model = accel.Compiled(MLP(dim=2, hidden=16, depth=1).eval(),
+                           backend=lambda gm, inputs: graphs.append(gm) or gm.forward)
+    options = {"method": "rk4"} if sampler == "ode" else {}
+    genflow.sample(model, DDPM(timesteps=100), sampler=sampler, steps=4, shape=(8, 2), **options)
+    assert len(graphs) == 1
 
 
 # ------------------------------------------------------------ channels-last

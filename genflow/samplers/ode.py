@@ -50,7 +50,8 @@ def integrate(net: CountingModel, x: Tensor, t0: float, t1: float, *, method: st
     ts, options = solver_grid(x, t0, t1, method=method, steps=steps, kinks=kinks)
 
     def f(t: Tensor, y: Tensor) -> Tensor:
-        return net.velocity(y, on_path(t, t0, t1).expand(y.shape[0]))
+        # a real (contiguous) time vector, like every other call's: a compiled net sees one input layout
+        return net.velocity(y, on_path(t, t0, t1).expand(y.shape[0]).contiguous())
 
     return odeint(f, x, ts, method=method, rtol=rtol, atol=atol, options=options)[-1]
 
