@@ -42,20 +42,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genflow-train: error: {err}", file=sys.stderr)
         distributed.cleanup(wait=False)
         return 2
+    finished = False
     try:
         run_dir = trainer.fit()
+        finished = True
     except ConfigError as err:  # a run folder made for another model
         print(f"genflow-train: error: {err}", file=sys.stderr)
-        distributed.cleanup(wait=False)
         return 2
     except (checkpoint.CheckpointError, TrainingError) as err:
         print(f"genflow-train: error: {err}", file=sys.stderr)
-        distributed.cleanup(wait=False)
         return 1
-    except BaseException:
-        distributed.cleanup(wait=False)
-        raise
-    distributed.cleanup()
+    finally:  # after an error leave at once: the peers may never reach the last barrier
+        trainer.close()
+        distributed.cleanup(wait=finished)
     if trainer.dist.main:
         print(f"genflow-train: done, {trainer.step} steps; run folder {run_dir}")
     return 0

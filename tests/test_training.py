@@ -99,6 +99,10 @@ def test_ddp_with_gloo_matches_one_process(tmp_path):
     assert code == 0, err[-3000:]
     rank0, rank1 = params(tmp_path / "ddp" / "params_rank0.pt"), params(tmp_path / "ddp" / "params_rank1.pt")
     assert_same(rank0, rank1, atol=0)
+    # Trainer.close() let go of DDP, so cleanup destroyed the process group (not the exit, where
+    # Gloo's teardown has aborted finished runs)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / "ddp" / f"cleanup_rank{rank}.json").read_text()) == {"group_freed": True}
     assert_same(rank0, {k: v.detach() for k, v in single.net.state_dict().items()}, atol=1e-5)
     ddp_losses, one_losses = losses(tmp_path / "ddp"), losses(tmp_path / "single")
     assert [s for s, _ in ddp_losses] == [s for s, _ in one_losses]

@@ -11,6 +11,7 @@ data and noise within each rank's micro-batch, so its pairing depends on the bat
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -367,6 +368,15 @@ class Trainer:
                 distributed.barrier()
         bar.close()
         return self.run_dir
+
+    def close(self) -> None:
+        """Let go of the DDP wrapper before ``distributed.cleanup()``: it holds the process group, which
+        would otherwise outlive ``destroy_process_group`` and be torn down with the interpreter at
+        exit, where Gloo's threads can abort a finished run (SIGABRT, and torchrun reports a failure).
+        The trainer stays usable on one process (``model`` is the bare net again, compiled or not)."""
+        if isinstance(self.model, DistributedDataParallel):
+            self.model = self.model.module
+            gc.collect()  # the wrapper may sit in reference cycles
 
 
 class Fault:
