@@ -40,7 +40,9 @@ def test_stochastic_samplers_on_cuda_are_reproducible_and_batch_independent(samp
 
     big, small = draw(8), draw(4)
     assert big.device.type == "cuda"
-    torch.testing.assert_close(big[:4], small, rtol=0, atol=0)
+    # the same noise per sample at any batch size (a noise mix-up would differ by O(1)); cuBLAS may
+    # pick another float64 kernel, so another summation order, for another batch size
+    torch.testing.assert_close(big[:4], small, rtol=0, atol=1e-12)
     torch.testing.assert_close(draw(8), big, rtol=0, atol=0)
 
 
