@@ -98,8 +98,9 @@ FIXED_STEP = [("ddim", {}), ("ddpm", {}), ("euler_maruyama", {}), ("pc", {}), ("
 
 @pytest.fixture
 def no_tf32():
-    """Full fp32 matmuls and convolutions for the test (cuDNN's TF32 is on by default and may pick
-    other algorithms, so other roundings, for other batch sizes); the settings are restored after."""
+    """Full fp32 matmuls and convolutions at the test's start (cuDNN's TF32 is on by default and may
+    pick other algorithms, so other roundings, for other batch sizes); whatever the test sets (a
+    Trainer sets trainer.tf32), the settings from before are restored after."""
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
@@ -128,7 +129,7 @@ def test_cuda_graph_samples_equal_eager_samples(sampler, options, precision, no_
     tol = 1e-5 if precision == "fp32" else 2e-2  # the same kernels replayed; bf16: its rounding
     torch.testing.assert_close(graphed, eager, rtol=tol, atol=tol)
     small = draw(graphed_model, 4)  # a second capture; a sample does not depend on its batch
-    assert len(graphed_model.graphs) == 2
+    assert len(graphed_model.graphs) == 2 and len(graphed_model.streams) == 1  # one capture stream, one pool
     torch.testing.assert_close(small, graphed[:4], rtol=tol, atol=2 * tol)
 
 

@@ -19,6 +19,12 @@ from genflow.samplers.ode import FIXED_GRID_METHODS
 GRAPH_SAMPLERS = ("ddim", "ddpm", "euler_maruyama", "pc", "dpmpp_2m", "dpmpp_3m", "heun", "ode")
 
 
+def fixed_step(sampler: str, method: str | None = None) -> bool:
+    """Whether ``sampler`` calls the net on a grid fixed in advance (the same calls for any batch):
+    every sampler here but the ode sampler with an adaptive method."""
+    return sampler in GRAPH_SAMPLERS and (sampler != "ode" or method in FIXED_GRID_METHODS)
+
+
 def check_graphable(sampler: str, device: torch.device | str, method: str | None = None) -> None:
     """Refuse, in one line, a CUDA graph for an adaptive sampler or off a CUDA device."""
     if sampler not in GRAPH_SAMPLERS:
@@ -39,23 +45,23 @@ class _Captured:
     """One recorded call: static inputs, the graph, and the output it writes."""
 
     def __init__(self, model: Callable[..., Tensor], x: Tensor, t: Tensor, cond: dict[str, Tensor], pool,
-                 warmup: int) -> None:
+                 side: torch.cuda.Stream, warmup: int) -> None:
         self.inputs = {"x": x.clone(), "t": t.clone(), **{k: v.clone() for k, v in cond.items()}}
         static_cond = {k: v for k, v in self.inputs.items() if k not in ("x", "t")}
 
         def call() -> Tensor:
             return model(self.inputs["x"], self.inputs["t"], **static_cond)
 
-        side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up off the capture (cuDNN/cuBLAS choices, compilation)
             for _ in range(warmup):
                 call()
         torch.cuda.current_stream(x.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        # captured on the side stream, which lives on x's device: torch.cuda.graph's own default
-        # stream is made on the *current* device, and a capture there would record nothing of a
-        # call on another GPU (e.g. --device cuda:1 with cuda:0 current)
+        # Captured on the side stream, which lives on x's device: torch.cuda.graph's own default
+        # stream is made on the device current at its first use, and a capture there would record
+        # nothing of a call on another GPU (e.g. --device cuda:1 with cuda:0 current). Every capture
+        # into the shared pool uses the same stream, as torch needs for the pool's memory to be shared.
         with torch.cuda.graph(self.graph, pool=pool, stream=side):
             self.output = call()
 
@@ -80,6 +86,7 @@ class CUDAGraphModel:
         self.model, self.warmup = model, warmup
         self.graphs: dict[tuple, _Captured] = {}
         self.pool = None
+        self.streams: dict[torch.device, torch.cuda.Stream] = {}  # one capture stream per device
 
     def __call__(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
         if not x.is_cuda:
@@ -89,6 +96,9 @@ class CUDAGraphModel:
             if key not in self.graphs:
                 if self.pool is None:
                     self.pool = torch.cuda.graph_pool_handle()
+                if x.device not in self.streams:
+                    self.streams[x.device] = torch.cuda.Stream(device=x.device)
                 with torch.no_grad():
-                    self.graphs[key] = _Captured(self.model, x, t, cond, self.pool, self.warmup)
+                    self.graphs[key] = _Captured(self.model, x, t, cond, self.pool, self.streams[x.device],
+                                                 self.warmup)
             return self.graphs[key](x, t, cond)
