@@ -268,6 +268,19 @@ def test_sample_cli_takes_classes_and_guidance(tmp_path, capsys, monkeypatch):
     np.testing.assert_allclose(three[3], plain[3], rtol=0, atol=1e-6)
     _, _, y = sample("cycle", "--class", "1,7", "--batch-size", "2")
     assert y.tolist() == [1, 7, 1, 7, 1] and seen[-3:] == [[1]] * 3  # the last batch holds sample 4 alone
+    # compiled (a stand-in compiler): the last batch is padded to full size with the cycle's next labels
+    monkeypatch.setattr(UNet, "forward", forward)
+    monkeypatch.setitem(accel.COMPILE_OPTIONS, "backend", lambda gm, inputs: gm.forward)
+    calls: list = []
+    compiled_forward = accel.Compiled.forward
+    monkeypatch.setattr(accel.Compiled, "forward",
+                        lambda self, x, t, **c: calls.append(c["y"].tolist()) or compiled_forward(self, x, t, **c))
+    flags = ("--class", "1,7,4", "--batch-size", "2", "--guidance", "1.5")
+    _, padded, y = sample("padded", *flags, "--compile")
+    assert y.tolist() == [1, 7, 4, 1, 7]
+    assert calls == [[1, 7, 10, 10]] * 3 + [[4, 1, 10, 10]] * 3 + [[7, 4, 10, 10]] * 3  # samples 4 and 5, cut
+    _, eager, _ = sample("eager", *flags)
+    np.testing.assert_allclose(padded, eager, rtol=1e-5, atol=1e-5)
     capsys.readouterr()
     for bad, message in [(["--class", "10"], "--class takes class indices in [0, 10)"),
                          (["--class", "-1"], "--class takes class indices in [0, 10)"),

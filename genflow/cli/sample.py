@@ -180,17 +180,23 @@ def run(args) -> Path:
     if guidance and not cfg.get("trainer", {}).get("cond_drop_prob"):
         print("genflow-sample: warning: guidance on a model trained with trainer.cond_drop_prob=0: its null "
               "class (the unconditional model) was never trained", file=sys.stderr)
-    labels = torch.tensor(chosen)[torch.arange(args.num) % len(chosen)] if chosen else None
+
+    def class_labels(start: int, stop: int) -> torch.Tensor:  # the chosen classes cycled over samples start..stop-1
+        return torch.tensor(chosen)[torch.arange(start, stop) % len(chosen)]
+
+    labels = class_labels(0, args.num) if chosen else None
     model = network(net, args, settings)
-    # A compiled or graphed net is specialised to its input shapes: the last, partial batch is drawn
-    # at full size and cut (a sample does not depend on its batch), not compiled or captured again.
-    fixed = min(args.batch_size, args.num) if args.compile or args.cuda_graph else None
+    # A compiled or graphed net is specialised to its input shapes: with a fixed-step sampler the
+    # last, partial batch is drawn at full size and cut (its samples are the same, up to rounding),
+    # not compiled or captured again. An adaptive solver's steps depend on the whole batch: not padded.
+    method = settings.get("method", samplers.ODE.method)
+    padded = (args.compile or args.cuda_graph) and samplers.fixed_step(settings["name"], method)
+    fixed = min(args.batch_size, args.num) if padded else None
     start, batches, nfe, factor = time.perf_counter(), [], 0, 1
     for offset in range(0, args.num, args.batch_size):
         n = min(args.batch_size, args.num - offset)
         size = fixed or n
-        cond = {"y": torch.tensor(chosen)[torch.arange(offset, offset + size) % len(chosen)].to(args.device)} \
-            if chosen else {}
+        cond = {"y": class_labels(offset, offset + size).to(args.device)} if chosen else {}
         result = samplers.run(model, process, sampler=settings["name"], steps=settings["steps"],
                               shape=(size, *shape), generator=torch.Generator().manual_seed(args.seed),
                               seed_offset=offset, device=args.device, progress=not args.no_progress,

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from genflow.processes.base import GaussianPath
 from genflow.samplers.common import CountingModel, NoiseSource, SampleResult, check_steps, full_time, time_grid
 from genflow.samplers.ddim import DDIM, DDPMAncestral, ddim_step
-from genflow.samplers.graphs import CUDAGraphModel, check_graphable
+from genflow.samplers.graphs import CUDAGraphModel, check_graphable, fixed_step
 from genflow.samplers.guidance import check_guidance, unconditional
 from genflow.samplers.ode import ODE, integrate
 from genflow.samplers.sde import EulerMaruyama, PredictorCorrector
@@ -135,5 +135,5 @@ def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", s
 __all__ = [
     "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolverPP2M", "DPMSolverPP3M",
     "EulerMaruyama", "Heun", "NoiseGrid", "NoiseSource", "PredictorCorrector", "SampleResult", "check_graphable",
-    "encode", "make", "noise_grid", "run", "sample", "time_grid",
+    "encode", "fixed_step", "make", "noise_grid", "run", "sample", "time_grid",
 ]
