@@ -53,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"genflow-train: error: {err}", file=sys.stderr)
         return 1
     finally:  # after an error leave at once: the peers may never reach the last barrier
-        trainer.close()
-        distributed.cleanup(wait=finished)
+        try:
+            trainer.close()
+        finally:
+            distributed.cleanup(wait=finished)
     if trainer.dist.main:
         print(f"genflow-train: done, {trainer.step} steps; run folder {run_dir}")
     return 0

@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+if ! "$PY" -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 12))'; then
+    echo "test_min_torch.sh: torch 2.4.1 has wheels for Python 3.10-3.12; $PY is $("$PY" -V 2>&1)" \
+        "(set PYTHON=python3.12 or similar)" >&2
+    exit 2
+fi
 VENV=.venv-torch2.4
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"

@@ -88,7 +88,9 @@ class ClassEmbedding(nn.Module):
 def _tracing() -> bool:
     """Whether this call is being recorded (torch.compile, a CUDA-graph capture): the label check
     reads a value back to the host, which breaks a compiled graph and is not allowed while a CUDA
-    graph captures. Eager calls, the warm-up before a capture included, still check the labels."""
+    graph captures. Eager calls, the warm-up before a capture included, still check the labels; a
+    compiled or replayed call with a bad label fails in the embedding lookup instead (on CUDA, a
+    device-side assert)."""
     return torch.compiler.is_compiling() or (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
 
 

@@ -32,7 +32,8 @@ def class_embedding(model, depth: int = 8):
     """The class embedding of the net inside ``model`` and its wrappers, or None."""
     for _ in range(depth):
         embed = getattr(model, "class_embed", None)
-        inner = getattr(model, "module", None) or getattr(model, "model", None)
+        inner = next((v for v in (getattr(model, "module", None), getattr(model, "model", None)) if v is not None),
+                     None)
         if embed is not None or inner is None:
             return embed
         model = inner
