@@ -27,12 +27,12 @@ def fixed_step(sampler: str, method: str | None = None) -> bool:
 
 def check_graphable(sampler: str, device: torch.device | str, method: str | None = None) -> None:
     """Refuse, in one line, a CUDA graph for an adaptive sampler or off a CUDA device."""
-    if sampler not in GRAPH_SAMPLERS:
+    if not fixed_step(sampler, method):
+        if sampler == "ode":
+            raise ValueError(f"CUDA graphs take the ode sampler with a fixed-grid method "
+                             f"({', '.join(FIXED_GRID_METHODS)}); "
+                             f"{method!r} is adaptive (its step control syncs with the host every step)")
         raise ValueError(f"CUDA graphs take the fixed-step samplers {', '.join(GRAPH_SAMPLERS)}; got {sampler!r}")
-    if sampler == "ode" and method not in FIXED_GRID_METHODS:
-        raise ValueError(f"CUDA graphs take the ode sampler with a fixed-grid method "
-                         f"({', '.join(FIXED_GRID_METHODS)}); "
-                         f"{method!r} is adaptive (its step control syncs with the host every step)")
     if torch.device(device).type != "cuda":
         raise ValueError(f"CUDA graphs need a CUDA device; got {str(device)!r}")
 

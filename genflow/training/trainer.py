@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from genflow import accel, nets, processes, samplers
 from genflow import data as datasets
 from genflow.processes.base import GaussianPath
+from genflow.samplers.guidance import class_embedding
 from genflow.training import checkpoint, distributed
 from genflow.training.config import ConfigError, trainer_config
 from genflow.training.ema import EMA
@@ -62,7 +63,8 @@ def check_fit(net: torch.nn.Module, data: datasets.Data, model_name: str) -> Non
 
 def num_classes(net: torch.nn.Module) -> int | None:
     """The classes of a conditional net (its null class is this index), None if unconditional."""
-    return getattr(getattr(net, "class_embed", None), "num_classes", None)
+    embed = class_embedding(net)
+    return None if embed is None else embed.num_classes
 
 
 def default_run_dir(cfg: dict) -> Path:
@@ -106,7 +108,8 @@ class Trainer:
         torch.manual_seed(self.tc.seed)  # the same initial weights on every rank
         self.net = nets.build(self.cfg["model"]).to(self.device)
         check_fit(self.net, self.data, cfg["model"]["name"])
-        if self.tc.cond_drop_prob > 0 and num_classes(self.net) is None:
+        self.classes = num_classes(self.net)
+        if self.tc.cond_drop_prob > 0 and self.classes is None:
             raise ConfigError(f"trainer.cond_drop_prob={self.tc.cond_drop_prob} needs a conditional model; set "
                               "model.num_classes (the data's class count) or cond_drop_prob=0")
         self.channels_last = self.tc.channels_last and len(self.data.shape) == 3  # images only
@@ -227,10 +230,9 @@ class Trainer:
             x = torch.where(flip.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
         if self.channels_last:
             x = accel.channels_last(x)
-        classes = num_classes(self.net)
-        if not (self.data.num_classes and classes):
+        if not (self.data.num_classes and self.classes):
             return x, {}
-        return x, {"y": torch.where(drop, classes, y.to(self.device))}
+        return x, {"y": torch.where(drop, self.classes, y.to(self.device))}
 
     # ------------------------------------------------------------------- step
     def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -299,7 +301,7 @@ class Trainer:
 
         options = dict(self.cfg["sampler"])
         shape = (self.tc.num_samples, *self.data.shape)
-        classes = num_classes(self.net)  # a conditional net: slot i shows class i % classes, one per column
+        classes = self.classes  # a conditional net: slot i shows class i % classes, one per column
         cond = {"y": torch.arange(shape[0], device=self.device) % classes} if classes else {}
         out = samplers.sample(self.ema.model, self.process, sampler=options.pop("name"), shape=shape, cond=cond,
                               device=self.device, generator=torch.Generator().manual_seed(self.tc.seed), **options)
