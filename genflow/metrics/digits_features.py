@@ -4,12 +4,13 @@ on the digits training split and cached, so Fréchet distance and precision/reca
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from genflow.utils import cache_dir, write_atomically
 
 EPOCHS, SEED, VERSION = 40, 0, 1
 
@@ -34,8 +35,7 @@ class DigitsNet(nn.Module):
 
 
 def cache_path() -> Path:
-    root = Path(os.environ.get("GENFLOW_CACHE", Path.home() / ".cache" / "genflow"))
-    return root / f"digits_classifier_v{VERSION}.pt"
+    return cache_dir() / f"digits_classifier_v{VERSION}.pt"
 
 
 def train_classifier() -> tuple[DigitsNet, float]:
@@ -74,9 +74,7 @@ def _classifier_at(path: Path) -> tuple[DigitsNet, float]:
         return net.eval(), float(state["accuracy"])
     net, accuracy = train_classifier()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save({"model": net.state_dict(), "accuracy": accuracy}, tmp)
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: torch.save({"model": net.state_dict(), "accuracy": accuracy}, f))
     return net, accuracy
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 
 from genflow.metrics.frechet import gaussian_statistics
+from genflow.utils import cache_dir, write_atomically
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Reference:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("GENFLOW_CACHE", Path.home() / ".cache" / "genflow")) / "reference_stats"
+    return cache_dir() / "reference_stats"
 
 
 def cache_path(identity: Mapping) -> Path:
@@ -96,12 +96,4 @@ def _read(path: Path, identity: Mapping, need_features: bool) -> Reference | Non
 
 def _write(path: Path, arrays: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda f: np.savez(f, **arrays))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from genflow.utils import write_atomically
+
 FORMAT = "genflow-checkpoint-1"
 REQUIRED = ("format", "step", "config", "model")
 
@@ -23,15 +25,7 @@ class CheckpointError(RuntimeError):
 
 
 def _write(state: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda f: torch.save(state, f))
 
 
 def save(state: dict, folder: str | os.PathLike, *, keep: int = 3) -> Path:
