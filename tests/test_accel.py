@@ -59,10 +59,10 @@ def ckpt_model(run_dir: Path) -> dict:
     return checkpoint.load(run_dir / "checkpoints" / "last.pt")["model"]
 
 
-def tiny_unet() -> UNet:
+def tiny_unet(**kw) -> UNet:
     torch.manual_seed(0)
     return randomize(UNet(image_size=8, in_channels=1, channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                          attention_resolutions=(4,), norm_groups=8)).eval()
+                          attention_resolutions=(4,), norm_groups=8, **kw)).eval()
 
 
 # ------------------------------------------------------------------ compile
@@ -157,9 +157,7 @@ def test_a_class_conditional_net_compiles_into_one_graph():
     """The class embedding's label check reads a value back to the host: a graph break under
     torch.compile and an error inside a CUDA-graph capture. It is skipped while tracing, so the
     conditional net compiles whole (fullgraph=True refuses any break); eager calls still check."""
-    torch.manual_seed(0)
-    net = randomize(UNet(image_size=8, in_channels=1, channels=8, channel_mult=(1, 2), num_res_blocks=1,
-                         attention_resolutions=(4,), norm_groups=8, num_classes=3)).eval()
+    net = tiny_unet(num_classes=3)
     compiled = torch.compile(net, backend="eager", fullgraph=True)
     x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([1.0, 300.0, 600.0, 999.0]), torch.tensor([0, 1, 2, 3])
     with torch.no_grad():

@@ -96,6 +96,14 @@ def test_flow_matching_ot_coupling_on_cuda():
 FIXED_STEP = [("ddim", {}), ("ddpm", {}), ("euler_maruyama", {}), ("pc", {}), ("ode", {"method": "rk4"})]
 
 
+def graph_unet(device: torch.device, **kw) -> UNet:
+    """The small test UNet with every weight perturbed (outputs depend on the inputs), frozen."""
+    from test_nets import randomize, small_unet
+
+    torch.manual_seed(0)
+    return randomize(small_unet(**kw)).to(device).requires_grad_(False)
+
+
 @pytest.fixture
 def no_tf32():
     """Full fp32 matmuls and convolutions at the test's start (cuDNN's TF32 is on by default and may
@@ -112,11 +120,8 @@ def no_tf32():
 def test_cuda_graph_samples_equal_eager_samples(sampler, options, precision, no_tf32):
     from genflow.accel import FastModel
     from genflow.samplers import CUDAGraphModel
-    from test_nets import randomize, small_unet
-
     process = DDPM() if sampler in ("ddim", "ddpm") else VPSDE()
-    torch.manual_seed(0)
-    net = randomize(small_unet()).to(CUDA).requires_grad_(False)
+    net = graph_unet(CUDA)
     model = FastModel(net, precision)
 
     def draw(m, n):
@@ -137,10 +142,8 @@ def test_cuda_graph_of_a_guided_class_conditional_net_equals_eager(no_tf32):
     """Labels are inputs of the recorded call (copied in at each replay), and the guided batch is
     the doubled one; the class embedding's label check must stay out of the capture."""
     from genflow.samplers import CUDAGraphModel
-    from test_nets import randomize, small_unet
 
-    torch.manual_seed(0)
-    net = randomize(small_unet(num_classes=3)).to(CUDA).requires_grad_(False)
+    net = graph_unet(CUDA, num_classes=3)
     process = DDPM()
 
     def draw(m, labels):
@@ -157,11 +160,8 @@ def test_cuda_graph_of_a_guided_class_conditional_net_equals_eager(no_tf32):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_cuda_graph_on_a_device_that_is_not_current(no_tf32):
     from genflow.samplers import CUDAGraphModel
-    from test_nets import randomize, small_unet
-
-    torch.manual_seed(0)
     other = torch.device("cuda", 1)
-    net = randomize(small_unet()).to(other).requires_grad_(False)
+    net = graph_unet(other)
     assert torch.cuda.current_device() == 0
     draws = [genflow.sample(m, DDPM(), sampler="ddim", steps=8, shape=(4, 1, 8, 8), device=other,
                             generator=torch.Generator().manual_seed(3)) for m in (net, CUDAGraphModel(net))]
