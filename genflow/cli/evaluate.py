@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from genflow.cli import Parser, UsageError, guarded
-from genflow.samplers.ode import ADAPTIVE_METHODS
+from genflow.ode import ADAPTIVE_METHODS
 
 
 def parser() -> argparse.ArgumentParser:

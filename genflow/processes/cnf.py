@@ -9,9 +9,12 @@ log-likelihood through the ODE instead of a regression.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
+from genflow.ode import check_solver, integrate_flow, rademacher
 from genflow.processes.flow import FlowMatching
 
 
@@ -36,11 +39,9 @@ class CNF(FlowMatching):
                  adjoint: bool = False, exact_divergence: bool = False, kinetic: float = 0.05,
                  jacobian: float = 0.05, prediction: str = "velocity") -> None:
         super().__init__(coupling="independent", sigma_min=0.0, prediction=prediction)
-        from genflow.samplers.ode import check_method
-
-        check_method(method)
-        if steps < 1 or rtol <= 0 or atol <= 0 or kinetic < 0 or jacobian < 0:
-            raise ValueError("need steps >= 1, rtol, atol > 0 and kinetic, jacobian >= 0")
+        check_solver(method, rtol=rtol, atol=atol, steps=steps)
+        if not (math.isfinite(kinetic) and math.isfinite(jacobian) and kinetic >= 0 and jacobian >= 0):
+            raise ValueError(f"kinetic and jacobian must be finite numbers >= 0; got {kinetic}, {jacobian}")
         if jacobian > 0 and exact_divergence:
             raise ValueError("the Jacobian regularizer uses the Hutchinson probe; set jacobian=0 with "
                              "exact_divergence=True")
@@ -51,8 +52,6 @@ class CNF(FlowMatching):
              noise: Tensor | None = None, **cond) -> Tensor:
         """Mean NLL per dimension of ``x0`` (+ regularizers); ``noise`` (or the generator) gives
         the Hutchinson probes, ``u`` is not used (no time is sampled)."""
-        from genflow.likelihood import integrate_flow, rademacher
-
         probe = None
         if not self.exact_divergence:
             if noise is None:

@@ -112,6 +112,18 @@ class DDPM(GaussianPath):
         w = t - k.to(t.dtype)
         return la[k] + w * slope[k], slope[k]
 
+    def time_at_log_snr(self, log_snr: Tensor, iterations: int = 64) -> Tensor:
+        """The inverse of the extension's log-SNR in closed form (float64): abar = sigmoid(lambda),
+        so log abar = -softplus(-lambda), found on its linear segment. ``iterations`` is unused."""
+        target = -torch.nn.functional.softplus(-torch.as_tensor(log_snr, dtype=torch.float64).reshape(-1))
+        la = self.log_alphas_cumprod
+        if self.timesteps == 1:
+            return torch.zeros_like(target)
+        target = target.clamp(float(la[-1]), float(la[0]))
+        # la decreases: segment k holds la[k] >= target >= la[k + 1]
+        k = (torch.searchsorted(-la, -target, right=True) - 1).clamp(0, self.timesteps - 2)
+        return k.double() + (target - la[k]) / (la[k + 1] - la[k])
+
     def coefficients(self, t: Tensor) -> PathCoefficients:
         la, dla = self._log_alpha_bar_and_slope(t)
         alpha = torch.exp(0.5 * la)

@@ -14,12 +14,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from genflow.ode import check_solver, solve
 from genflow.processes.base import GaussianPath
 from genflow.samplers.common import CountingModel, NoiseSource, SampleResult, check_steps, full_time, time_grid
 from genflow.samplers.ddim import DDIM, DDPMAncestral, ddim_step
 from genflow.samplers.graphs import CUDAGraphModel, check_graphable, fixed_step
 from genflow.samplers.guidance import check_guidance, unconditional
-from genflow.samplers.ode import ODE, integrate
+from genflow.samplers.ode import ODE
 from genflow.samplers.sde import EulerMaruyama, PredictorCorrector
 from genflow.samplers.solvers import SCHEDULES, DPMSolverPP2M, DPMSolverPP3M, Heun, NoiseGrid, noise_grid
 
@@ -122,8 +123,8 @@ def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", s
     net = CountingModel(model, process, cond or {})
     with torch.no_grad():
         if sampler == "ode":
-            return integrate(net, x0, process.t_min, process.t_max, method=method, steps=steps, rtol=rtol, atol=atol,
-                             kinks=process.kinks())
+            check_solver(method, rtol=rtol, atol=atol, steps=steps)
+            return solve(net.denoise, process, x0, to_noise=True, method=method, steps=steps, rtol=rtol, atol=atol)
         grid = time_grid(process, steps, spacing).flip(0).tolist()
         x = x0
         for t, s in zip(grid[:-1], grid[1:]):

@@ -94,11 +94,6 @@ class CountingModel:
         out_c, out_u = self.model(torch.cat([x, x]), torch.cat([t, t]), **self.pairs).chunk(2)
         return self.process.to_hub(out_c + self.guidance * (out_c - out_u), x, t)
 
-    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
-        """dx/dt of the probability-flow ODE (flow ODE for flows): alpha' x0 + sigma' eps."""
-        hub = self.denoise(x, t)
-        return self.process.from_hub(hub.x0, hub.eps, t, "velocity")
-
 
 def check_steps(steps: int, process: GaussianPath | None = None) -> None:
     """steps >= 1; with a discrete ``process``, at most its number of steps."""

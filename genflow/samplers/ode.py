@@ -1,4 +1,5 @@
-"""The probability-flow ODE (Song et al. 2021, eq. 13) or a flow's ODE, solved by torchdiffeq."""
+"""The ODE sampler: the probability-flow ODE (Song et al. 2021, eq. 13) or a flow's ODE, solved by
+torchdiffeq in the variable ``genflow.ode.Chart`` picks (log sigma/alpha for diffusions, time for flows)."""
 
 from __future__ import annotations
 
@@ -6,60 +7,17 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
+from genflow.ode import ADAPTIVE_METHODS, FIXED_GRID_METHODS, check_solver, solve
 from genflow.processes.base import GaussianPath
 from genflow.samplers.common import CountingModel, NoiseSource, check_steps, full_time
-
-FIXED_GRID_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams", "heun2", "heun3")
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
-
-
-def check_method(method: str) -> None:
-    if method not in FIXED_GRID_METHODS + ADAPTIVE_METHODS:
-        raise ValueError(f"method must be one of {', '.join(FIXED_GRID_METHODS + ADAPTIVE_METHODS)}; got {method!r}")
-
-
-def solver_grid(x: Tensor, t0: float, t1: float, *, method: str, steps: int,
-                kinks: Tensor | None = None) -> tuple[Tensor, dict]:
-    """The output times and torchdiffeq options for solving from t0 to t1 with ``method``:
-    ``steps`` uniform steps for fixed-grid methods; for adaptive ones, no step past t1 and a
-    restart at each kink of the path (e.g. DDPM's integer steps)."""
-    check_method(method)
-    n = steps + 1 if method in FIXED_GRID_METHODS else 2
-    ts = torch.linspace(t0, t1, n, dtype=torch.float64).to(x.device, x.dtype)
-    if method in FIXED_GRID_METHODS:
-        return ts, {}
-    # Adaptive solvers would otherwise step past t1 and interpolate back, evaluating the model
-    # outside the path's interval (alpha > 1 for a flow, abar > 1 for DDPM).
-    options = {"step_t": ts[-1:]}
-    if kinks is not None:
-        options["jump_t"] = kinks.to(x.device, x.dtype)
-    return ts, options
-
-
-def on_path(t: Tensor, t0: float, t1: float) -> Tensor:
-    """``t`` clamped to [t0, t1]: torchdiffeq's first-step heuristic probes t0 + h0 without
-    clamping h0 to the interval (h0 ran to t = -23000 on DDPM's 1000-step time axis)."""
-    return t.clamp(min(t0, t1), max(t0, t1))
-
-
-def integrate(net: CountingModel, x: Tensor, t0: float, t1: float, *, method: str, steps: int, rtol: float,
-              atol: float, kinks: Tensor | None = None) -> Tensor:
-    """Solve dx/dt = velocity(x, t) from t0 to t1; fixed-step methods use ``steps`` uniform steps."""
-    ts, options = solver_grid(x, t0, t1, method=method, steps=steps, kinks=kinks)
-
-    def f(t: Tensor, y: Tensor) -> Tensor:
-        # a real (contiguous) time vector, like every other call's: a compiled net sees one input layout
-        return net.velocity(y, on_path(t, t0, t1).expand(y.shape[0]).contiguous())
-
-    return odeint(f, x, ts, method=method, rtol=rtol, atol=atol, options=options)[-1]
 
 
 @dataclass(frozen=True)
 class ODE:
     """Deterministic sampling along the probability-flow / flow ODE, t_max -> t_min, then the
-    predicted x0 at t_min (``denoise``; one more evaluation). ``steps`` sets fixed-step grids."""
+    predicted x0 at t_min (``denoise``; one more evaluation). ``steps`` sets fixed-step grids,
+    uniform in the ODE's variable (log sigma/alpha for diffusions, time for flows)."""
 
     steps: int = 50
     method: str = "dopri5"
@@ -69,13 +27,14 @@ class ODE:
 
     def check(self, process: GaussianPath) -> None:
         check_steps(self.steps)
-        if self.rtol <= 0 or self.atol <= 0:
-            raise ValueError(f"rtol and atol must be > 0; got {self.rtol}, {self.atol}")
-        check_method(self.method)
+        check_solver(self.method, rtol=self.rtol, atol=self.atol, steps=self.steps)
 
     def __call__(self, net: CountingModel, process, x: Tensor, noise: NoiseSource, progress) -> Tensor:
-        x = integrate(net, x, process.t_max, process.t_min, method=self.method, steps=self.steps, rtol=self.rtol,
-                      atol=self.atol, kinks=process.kinks())
+        x = solve(net.denoise, process, x, to_noise=False, method=self.method, steps=self.steps, rtol=self.rtol,
+                  atol=self.atol)
         if not self.denoise:
             return x
         return net.denoise(x, full_time(process.t_min, x)).x0
+
+
+__all__ = ["ADAPTIVE_METHODS", "FIXED_GRID_METHODS", "ODE"]
