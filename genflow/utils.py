@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-import torch
 from torch import Tensor
 
 
@@ -28,12 +27,6 @@ def sum_except_batch(x: Tensor) -> Tensor:
 def mean_except_batch(x: Tensor) -> Tensor:
     """Mean over every dim but the first."""
     return x.reshape(x.shape[0], -1).mean(dim=1)
-
-
-def as_time(t: Tensor | float, batch: int, like: Tensor) -> Tensor:
-    """A 1-D time tensor of length ``batch`` on ``like``'s device and dtype."""
-    t = torch.as_tensor(t, device=like.device, dtype=like.dtype)
-    return t.expand(batch).clone() if t.ndim == 0 else t
 
 
 def check_choice(value: object, allowed: tuple, what: str) -> None:
