@@ -35,6 +35,12 @@ def check_choice(value: object, allowed: tuple, what: str) -> None:
         raise ValueError(f"{what} must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
+def error_line(err: BaseException) -> str:
+    """``Type: first line of the message``: any exception as one line."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
 def sha256_of(path: str | Path) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
