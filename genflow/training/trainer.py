@@ -76,7 +76,7 @@ def check_forward(net: torch.nn.Module, data: datasets.Data, process: GaussianPa
         net.train(training)
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"model {model_name!r} maps the data's examples {tuple(data.shape)} to {got}; "
+        raise ConfigError(f"model {model_name!r} maps a batch of the data {tuple(x.shape)} to {got}; "
                           "a net must return a tensor shaped like its input")
 
 
