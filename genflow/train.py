@@ -15,7 +15,7 @@ USAGE = """usage: genflow-train [GROUP=OPTION ...] [KEY=VALUE ...]
 Hydra overrides of configs/config.yaml (or $GENFLOW_CONFIG_DIR/config.yaml). Groups and their options:
 {groups}
 Nets (model.name): {nets}.
-A package's own model/NAME.yaml: hydra.searchpath=[pkg://PACKAGE.CONFIGS] model=NAME.
+A package's own model/NAME.yaml: 'hydra.searchpath=[pkg://PACKAGE.CONFIGS]' model=NAME.
 Common keys: trainer.steps trainer.batch_size (global) trainer.lr trainer.ckpt_every
 trainer.sample_every trainer.precision (fp32|bf16|fp16) trainer.compile trainer.channels_last trainer.seed run_dir=PATH.
 Running the same command again resumes from RUN_DIR/checkpoints/last.pt.
