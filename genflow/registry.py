@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
-def _plain(cfg: Any) -> dict:
+def plain(cfg: Any) -> dict:
     """A plain ``dict`` from a mapping or an OmegaConf config."""
     try:
         from omegaconf import DictConfig, OmegaConf
@@ -28,19 +28,24 @@ def build(registry: Mapping[str, Callable[..., T]], cfg: Any, kind: str) -> T:
 
     Errors are one ``ValueError`` line that names what was wrong and what is allowed.
     """
-    kwargs = _plain(cfg)
+    kwargs = plain(cfg)
     name = kwargs.pop("name", None)
     if name is None:
         raise ValueError(f"{kind} config needs a 'name' key; valid names: {', '.join(sorted(registry))}")
     if not isinstance(name, str) or name not in registry:
         raise ValueError(f"unknown {kind} {name!r}; valid names: {', '.join(sorted(registry))}")
     factory = registry[name]
-    params = inspect.signature(factory).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    allowed = [p for p, v in params.items() if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)]
+    allowed, accepts_any = keywords(factory)
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown and not accepts_any:
         raise ValueError(
             f"unknown key(s) {', '.join(unknown)} for {kind} {name!r}; allowed: {', '.join(allowed)}"
         )
     return factory(**kwargs)
+
+
+def keywords(factory: Callable) -> tuple[list[str], bool]:
+    """The keyword arguments ``factory`` names, and whether it also takes ``**kwargs``."""
+    params = inspect.signature(factory).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return [p for p, v in params.items() if v.kind in (v.KEYWORD_ONLY, v.POSITIONAL_OR_KEYWORD)], accepts_any

@@ -12,8 +12,10 @@ import sys
 
 USAGE = """usage: genflow-train [GROUP=OPTION ...] [KEY=VALUE ...]
 
-Hydra overrides of configs/config.yaml. Groups and their options:
+Hydra overrides of configs/config.yaml (or $GENFLOW_CONFIG_DIR/config.yaml). Groups and their options:
 {groups}
+Nets (model.name): {nets}.
+A package's own model/NAME.yaml: 'hydra.searchpath=[pkg://PACKAGE.CONFIGS]' model=NAME.
 Common keys: trainer.steps trainer.batch_size (global) trainer.lr trainer.ckpt_every
 trainer.sample_every trainer.precision (fp32|bf16|fp16) trainer.compile trainer.channels_last trainer.seed run_dir=PATH.
 Running the same command again resumes from RUN_DIR/checkpoints/last.pt.
@@ -22,11 +24,18 @@ Under torchrun every worker runs this; all share one run folder and only rank 0 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from genflow.training.config import GROUPS, ConfigError, compose, group_options
+    from genflow.training.config import GROUPS, ConfigError, compose, group_options, search_path
 
     if any(a in ("-h", "--help") for a in argv):
-        groups = "\n".join(f"  {g}: {', '.join(group_options(g))}" for g in GROUPS)
-        print(USAGE.format(groups=groups))
+        from genflow import nets
+
+        try:
+            extra = search_path([a for a in argv if not a.startswith("-")])
+        except ConfigError as err:
+            print(f"genflow-train: error: {err}", file=sys.stderr)
+            return 2
+        groups = "\n".join(f"  {g}: {', '.join(group_options(g, extra=extra))}" for g in GROUPS)
+        print(USAGE.format(groups=groups, nets=nets.names()))
         return 0
     flags = [a for a in argv if a.startswith("-")]
     if flags:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-import torch
 from torch import Tensor
 
 
@@ -30,16 +29,16 @@ def mean_except_batch(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).mean(dim=1)
 
 
-def as_time(t: Tensor | float, batch: int, like: Tensor) -> Tensor:
-    """A 1-D time tensor of length ``batch`` on ``like``'s device and dtype."""
-    t = torch.as_tensor(t, device=like.device, dtype=like.dtype)
-    return t.expand(batch).clone() if t.ndim == 0 else t
-
-
 def check_choice(value: object, allowed: tuple, what: str) -> None:
     """Raise one clear ``ValueError`` when ``value`` is not among ``allowed``."""
     if value not in allowed:
         raise ValueError(f"{what} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def error_line(err: BaseException) -> str:
+    """``Type: first line of the message``: any exception as one line."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def sha256_of(path: str | Path) -> str:

@@ -36,9 +36,8 @@ def bare(steps: int, batch: int) -> float:
     from genflow.processes import DDPM
 
     torch.manual_seed(0)
-    cfg = {**OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "configs/model/unet_digits.yaml")),
-           "time_scale": 1.0}
-    net, process = nets.build(cfg), DDPM()
+    process = DDPM()
+    net = nets.build(OmegaConf.load(Path(__file__).parents[1] / "configs/model/unet_digits.yaml"), process=process)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     loader = DataLoader(digits("train"), batch_size=batch, shuffle=True, drop_last=True)
     done, start = 0, None

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
+from plugin_package import write_plugin
 
 from genflow import nets, processes
 from genflow.processes import DDPM, VESDE, VPSDE, FlowMatching, SubVPSDE
@@ -22,12 +24,27 @@ def test_every_process_config_builds_and_round_trips(path):
     assert repr(again) == repr(process)
 
 
+PROCESS_CONFIGS = sorted((CONFIGS / "process").glob("*.yaml"))
+
+
 @pytest.mark.parametrize("path", sorted((CONFIGS / "model").glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_model_config_builds(path):
+def test_every_model_config_builds_as_shipped_with_the_time_scale_of_each_process(path):
     cfg = OmegaConf.load(path)
-    assert cfg.time_scale is None  # the trainer sets it from the process
-    cfg.time_scale = 1000.0
-    assert isinstance(nets.build(cfg), nets.NETS[cfg.name])
+    assert cfg.time_scale is None  # set from the process
+    for process in map(processes.build, map(OmegaConf.load, PROCESS_CONFIGS)):
+        want = 1.0 if process.discrete else 1000.0 / process.t_max  # DDPM's steps 0..T-1; t in [0, 1]
+        assert nets.with_time_scale(cfg, process)["time_scale"] == want
+    net = nets.build(cfg, process=processes.build(OmegaConf.load(CONFIGS / "process" / "vpsde.yaml")))
+    assert isinstance(net, nets.NETS[cfg.name]) and net.time_embed.time_scale == 1000.0
+
+
+def test_a_null_time_scale_without_a_process_says_what_to_set():
+    cfg = OmegaConf.load(CONFIGS / "model" / "mlp.yaml")
+    with pytest.raises(ValueError, match=r"^net 'mlp' has time_scale: null, which the process sets .* pass process= "
+                                         "or set time_scale$"):
+        nets.build(cfg)
+    assert nets.build({"name": "mlp"}).time_embed.time_scale == 1.0  # left out: the class's default
+    assert nets.build({"name": "mlp", "time_scale": 5.0}, process=DDPM()).time_embed.time_scale == 5.0
 
 
 def test_build_passes_keyword_arguments():
@@ -44,7 +61,9 @@ def test_build_passes_keyword_arguments():
         (lambda: processes.build({"timesteps": 3}), "needs a 'name' key"),
         (lambda: processes.build({"name": "vpsde", "beta_mn": 0.1}), r"unknown key\(s\) beta_mn for process 'vpsde'; allowed: beta_min"),
         (lambda: processes.build(["ddpm"]), "expected a mapping"),
-        (lambda: nets.build({"name": "resnet"}), "unknown net 'resnet'; valid names: mlp, unet"),
+        (lambda: nets.build({"name": "resnet"}), "unknown net 'resnet'; valid names: mlp, unet \\(built in\\); from packages "
+         "\\(entry point group 'genflow.nets'\\): none$"),
+        (lambda: nets.build({"width": 3}), "net config needs a 'name' key; valid names: mlp, unet"),
         (lambda: nets.build({"name": "unet", "chanels": 64}), r"unknown key\(s\) chanels for net 'unet'"),
         (lambda: DDPM(timesteps=-5), "timesteps must be an integer >= 1; got -5"),
         (lambda: DDPM(timesteps=0), "timesteps must be an integer >= 1"),
@@ -78,3 +97,35 @@ def test_bad_input_is_one_clear_value_error(call, match):
     with pytest.raises(ValueError, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_nets_from_an_installed_package(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(write_plugin(tmp_path, "gfplug_build", {
+        "tiny": "gfplug_build.nets:Wrapped", "unet": "gfplug_build.nets:Wrapped",
+        "gone": "gfplug_build.missing:Net", "empty": "gfplug_build.nets:Broken"})))
+    net = nets.build({"name": "tiny", "width": 8, "time_scale": None}, process=VPSDE())
+    assert type(net).__name__ == "Wrapped" and net.time_scale == 1000.0 and net.backbone.body[0].out_features == 8
+    x, t = torch.randn(3, 2), torch.rand(3)
+    assert torch.equal(net(x, t), net.backbone.body(torch.cat([x, (t * 1000.0 / 1000.0)[:, None]], 1)))
+    unet = {"name": "unet", "image_size": 8, "channels": 32, "channel_mult": [1], "attention_resolutions": []}
+    assert isinstance(nets.build(unet), nets.UNet)  # a built-in name always means the built-in net
+    assert sorted(nets.plugins()) == ["empty", "gone", "tiny"]
+    cases = [({"name": "gone"}, "net 'gone': entry point 'gfplug_build.missing:Net' (group 'genflow.nets') failed to "
+                                "load: ModuleNotFoundError: No module named 'gfplug_build.missing'"),
+             ({"name": "empty", "width": 3}, "net 'empty' cannot be built: TypeError: Broken.__init__() got an "
+                                            "unexpected keyword argument 'width'"),
+             ({"name": "tiny", "features": "two"}, "net 'tiny' cannot be built: TypeError: "),
+             ({"name": "resnet"}, "unknown net 'resnet'; valid names: mlp, unet (built in); from packages (entry point "
+                                  "group 'genflow.nets'): empty, gone, tiny")]
+    for cfg, message in cases:
+        with pytest.raises(ValueError) as info:
+            nets.build(cfg)
+        assert str(info.value).startswith(message) and "\n" not in str(info.value), info.value
+
+
+def test_two_packages_declaring_one_net_name_are_refused(tmp_path, monkeypatch):
+    for package in ("gfplug_one", "gfplug_two"):
+        monkeypatch.syspath_prepend(str(write_plugin(tmp_path / package, package, {"tiny": f"{package}.nets:Wrapped"})))
+    with pytest.raises(ValueError, match=r"net 'tiny' is declared by 2 entry points of group 'genflow.nets' "
+                                         r"\(gfplug_(one|two).nets:Wrapped, gfplug_(one|two).nets:Wrapped\); uninstall"):
+        nets.build({"name": "tiny"})

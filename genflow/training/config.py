@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,12 +68,36 @@ class Schema:
 
 
 def config_dir() -> Path:
-    """``$GENFLOW_CONFIG_DIR`` or the repository's ``configs/``."""
-    return Path(os.environ.get("GENFLOW_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+    """``$GENFLOW_CONFIG_DIR``, else the checkout's ``configs/`` (beside ``genflow/``), else the copy
+    the wheel installs inside the package (``genflow/configs``)."""
+    if os.environ.get("GENFLOW_CONFIG_DIR"):
+        return Path(os.environ["GENFLOW_CONFIG_DIR"])
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parent / "configs"
+    return checkout if (checkout / "config.yaml").is_file() else package / "configs"
 
 
-def group_options(group: str, root: Path | None = None) -> list[str]:
-    return sorted(p.stem for p in ((root or config_dir()) / group).glob("*.yaml"))
+def search_path(overrides: list[str]) -> list[Path]:
+    """The folders a ``hydra.searchpath=[pkg://PACKAGE,file://DIR]`` override adds (read by Hydra's parser)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    wanted = [item for item in overrides if item.lstrip("+").startswith("hydra.searchpath=")]
+    found = [o.value() for o in OverridesParser.create().parse_overrides(wanted)]
+    return [_source_dir(str(entry)) for value in found for entry in (value if isinstance(value, list) else [value])]
+
+
+def _source_dir(entry: str) -> Path:
+    if entry.startswith("pkg://"):
+        try:
+            return Path(str(resources.files(entry[len("pkg://"):])))
+        except (ModuleNotFoundError, TypeError, ValueError):
+            raise ConfigError(f"hydra.searchpath: no package {entry[len('pkg://'):]!r} to read configs from") from None
+    return Path(entry.removeprefix("file://"))
+
+
+def group_options(group: str, root: Path | None = None, extra: Sequence[Path] = ()) -> list[str]:
+    """The options of ``group`` in ``root`` and the ``extra`` search path."""
+    return sorted({p.stem for d in (root or config_dir(), *extra) for p in (d / group).glob("*.yaml")})
 
 
 def _one_line(err: Exception) -> str:
@@ -84,11 +110,12 @@ def _one_line(err: Exception) -> str:
 
 
 def _check_group_choices(overrides: list[str], root: Path) -> None:
+    extra = search_path(overrides)
     for item in overrides:
         key, _, value = item.partition("=")
         key = key.lstrip("+~")
-        if key in GROUPS and value and value not in group_options(key, root):
-            raise ConfigError(f"unknown {key} option {value!r}; available: {', '.join(group_options(key, root))}")
+        if key in GROUPS and value and value not in group_options(key, root, extra):
+            raise ConfigError(f"unknown {key} option {value!r}; available: {', '.join(group_options(key, root, extra))}")
 
 
 def compose(overrides: list[str], root: Path | None = None) -> dict:
@@ -100,8 +127,8 @@ def compose(overrides: list[str], root: Path | None = None) -> dict:
     root = (root or config_dir()).resolve()
     if not (root / "config.yaml").is_file():
         raise ConfigError(f"no config.yaml in {root}; set GENFLOW_CONFIG_DIR to the configs folder")
-    _check_group_choices(overrides, root)
     try:
+        _check_group_choices(overrides, root)
         with initialize_config_dir(config_dir=str(root), version_base=None, job_name="genflow"):
             cfg = hydra_compose("config", overrides=overrides)
         return validate(OmegaConf.to_container(cfg, resolve=True))

@@ -32,33 +32,52 @@ from genflow.samplers.guidance import class_embedding
 from genflow.training import checkpoint, distributed
 from genflow.training.config import ConfigError, trainer_config
 from genflow.training.ema import EMA
+from genflow.utils import error_line
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. too many non-finite steps in a row)."""
 
 
-def model_config(model: dict, process: GaussianPath) -> dict:
-    """Fill ``time_scale: null``: 1 on DDPM's integer steps, 1000 / t_max for continuous time."""
-    model = dict(model)
-    if model.get("time_scale") is None:
-        model["time_scale"] = 1.0 if process.discrete else 1000.0 / process.t_max
-    return model
-
-
-def check_fit(net: torch.nn.Module, data: datasets.Data, model_name: str) -> None:
-    """The net must be made for the data's example shape and, if conditional, its classes."""
+def check_fit(net: torch.nn.Module, data: datasets.Data, process: GaussianPath, model_name: str) -> None:
+    """The net must be made for the data's example shape and, if conditional, its classes: by its
+    ``image_size`` and ``in_channels`` or ``dim`` where it has them (the built-in nets), else by
+    one forward pass of two examples."""
     if hasattr(net, "image_size"):
         want = (net.in_channels, net.image_size, net.image_size)
         if tuple(data.shape) != want:
             raise ConfigError(f"model {model_name!r} expects images {want} (in_channels, image_size, image_size) "
                               f"but the data are {tuple(data.shape)}; set model.image_size/in_channels to match")
-    elif getattr(net, "dim", None) is not None and net.dim != math.prod(data.shape):
-        raise ConfigError(f"model {model_name!r} takes {net.dim} values per example but the data have shape "
-                          f"{tuple(data.shape)}; set model.dim={math.prod(data.shape)}")
+    elif getattr(net, "dim", None) is not None:
+        if net.dim != math.prod(data.shape):
+            raise ConfigError(f"model {model_name!r} takes {net.dim} values per example but the data have shape "
+                              f"{tuple(data.shape)}; set model.dim={math.prod(data.shape)}")
+    else:
+        check_forward(net, data, process, model_name)
     classes = num_classes(net)
     if classes is not None and classes != data.num_classes:
         raise ConfigError(f"model has num_classes={classes} but the data have {data.num_classes}")
+
+
+@torch.no_grad()
+def check_forward(net: torch.nn.Module, data: datasets.Data, process: GaussianPath, model_name: str) -> None:
+    """A net without shape attributes (one from another package) maps two examples at t_max to
+    the shape of its input (in eval mode: no running statistics change)."""
+    device = next(net.parameters(), torch.empty(0)).device
+    x, t = torch.zeros(2, *data.shape, device=device), torch.full((2,), float(process.t_max), device=device)
+    cond = {} if num_classes(net) is None else {"y": torch.zeros(2, dtype=torch.long, device=device)}
+    training = net.training
+    try:
+        out = net.eval()(x, t, **cond)
+    except Exception as err:  # a foreign net's error, whatever its type: the data do not fit it
+        raise ConfigError(f"model {model_name!r} fails on the data's examples {tuple(data.shape)}: "
+                          f"{error_line(err)}") from None
+    finally:
+        net.train(training)
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model {model_name!r} maps a batch of the data {tuple(x.shape)} to {got}; "
+                          "a net must return a tensor shaped like its input")
 
 
 def num_classes(net: torch.nn.Module) -> int | None:
@@ -101,13 +120,13 @@ class Trainer:
         self.run_dir = Path(cfg.get("run_dir") or default_run_dir(cfg))
         self.process = processes.build(cfg["process"])
         self.data = datasets.build(cfg["data"])
-        self.cfg["model"] = model_config(cfg["model"], self.process)
+        self.cfg["model"] = nets.with_time_scale(cfg["model"], self.process)
         sampler = dict(cfg["sampler"])
         samplers.make(sampler.pop("name", None), **sampler).check(self.process)
         self._split_batch()
         torch.manual_seed(self.tc.seed)  # the same initial weights on every rank
         self.net = nets.build(self.cfg["model"]).to(self.device)
-        check_fit(self.net, self.data, cfg["model"]["name"])
+        check_fit(self.net, self.data, self.process, cfg["model"]["name"])
         self.classes = num_classes(self.net)
         if self.tc.cond_drop_prob > 0 and self.classes is None:
             raise ConfigError(f"trainer.cond_drop_prob={self.tc.cond_drop_prob} needs a conditional model; set "
