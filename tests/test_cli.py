@@ -116,9 +116,9 @@ DDPM_STEPS = "steps must be an integer >= 1 and <= 1000 (the steps of DDPM("
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--sampler", "ddpm", "--steps", "0"], DDPM_STEPS),
+    (["--sampler", "ddpm", "--steps", "0"], "sampler 'ddpm': steps must be an integer >= 1; got 0"),
     (["--sampler", "ddpm", "--steps", "5000"], DDPM_STEPS),
-    (["--sampler", "ddim", "--steps", "0"], DDPM_STEPS),
+    (["--sampler", "ddim", "--steps", "0"], "sampler 'ddim': steps must be an integer >= 1; got 0"),
     (["--sampler", "ddim", "--steps", "5000"], DDPM_STEPS),
     (["--sampler", "lms"], "unknown sampler 'lms'; valid names: ddpm, ddim, euler_maruyama, pc, ode, dpmpp_2m, dpmpp_3m, heun"),
     (["--sampler", "ddpm", "--eta", "0.5"], "sampler 'ddpm' takes no option(s) eta; allowed: variance, spacing"),
@@ -130,8 +130,16 @@ DDPM_STEPS = "steps must be an integer >= 1 and <= 1000 (the steps of DDPM("
     (["--sampler", "dpmpp_2m", "--s-churn", "1"], "sampler 'dpmpp_2m' takes no option(s) s_churn"),
     (["--sampler", "ddpm", "--no-denoise"], "sampler 'ddpm' takes no option(s) denoise"),
     (["--sampler", "dpmpp_2m", "--sigma-min", "1e-6"], "need s(t_min) <= sigma_min < sigma_max <= s(t_max)"),
-    (["--sampler", "heun", "--s-churn", "-1"], "need finite s_churn >= 0"),
-    (["--sampler", "dpmpp_2m", "--schedule", "karras", "--rho", "inf"], "rho must be a finite number > 0"),
+    (["--sampler", "heun", "--s-churn", "-1"], "sampler 'heun': s_churn must be a finite number >= 0; got -1.0"),
+    (["--sampler", "dpmpp_2m", "--schedule", "karras", "--rho", "inf"],
+     "sampler 'dpmpp_2m': rho must be a finite number > 0; got inf"),
+    # issue 18: every float option is checked finite and in range up front, from its declaration
+    (["--sampler", "ddim", "--eta", "nan"], "sampler 'ddim': eta must be a finite number >= 0; got nan"),
+    (["--sampler", "ddim", "--eta", "inf"], "sampler 'ddim': eta must be a finite number >= 0; got inf"),
+    (["--sampler", "pc", "--snr", "inf"], "sampler 'pc': snr must be a finite number > 0; got inf"),
+    (["--sampler", "ode", "--rtol", "nan"], "sampler 'ode': rtol must be a finite number > 0; got nan"),
+    (["--sampler", "heun", "--s-tmax", "nan"], "sampler 'heun': s_tmax must be a number >= 0 (inf allowed); got nan"),
+    (["--sampler", "pc", "--corrector-steps", "-1"], "sampler 'pc': corrector_steps must be an integer >= 0; got -1"),
 ])
 def test_sample_cli_refuses_bad_sampler_settings_with_exit_2(ddpm_ckpt, tmp_path, capsys, argv, message):
     out = tmp_path / "out"

@@ -78,9 +78,11 @@ def test_grid_refuses_bad_ranges():
     for rho in (0.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="rho must be a finite number > 0"):
             noise_grid(vp, 10, "karras", rho=rho)
-    for bad in ({"s_noise": math.nan}, {"s_churn": math.nan}, {"s_churn": math.inf}):
-        with pytest.raises(ValueError, match="need finite s_churn >= 0"):
-            run(gaussian().model(vp), vp, sampler="heun", steps=4, shape=(2, 2), **bad)
+    for key, value in [("s_noise", math.nan), ("s_churn", math.nan), ("s_churn", math.inf), ("s_tmin", -1.0)]:
+        with pytest.raises(ValueError, match=f"sampler 'heun': {key} must be a finite number >= 0; got {value}"):
+            run(gaussian().model(vp), vp, sampler="heun", steps=4, shape=(2, 2), **{key: value})
+    with pytest.raises(ValueError, match="sampler 'heun': need s_tmin <= s_tmax; got 2.0, 1.0"):
+        run(gaussian().model(vp), vp, sampler="heun", steps=4, shape=(2, 2), s_tmin=2.0, s_tmax=1.0)
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         run(gaussian().model(vp), vp, sampler="heun", steps=0, shape=(2, 2))
 
@@ -180,7 +182,7 @@ def test_heun_churn_is_edm_algorithm_2():
     half = run(model, process, s_churn=10.0, generator=torch.Generator().manual_seed(0),
                **{**kw, "shape": (3, 2)}).samples
     assert torch.allclose(half, churned[:3], atol=1e-12)
-    with pytest.raises(ValueError, match="s_churn >= 0"):
+    with pytest.raises(ValueError, match="s_churn must be a finite number >= 0; got -1.0"):
         run(model, process, s_churn=-1.0, **kw)
 
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -15,15 +14,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from genflow.processes.base import GaussianPath
-from genflow.samplers.common import CountingModel, NoiseSource, SampleResult, check_steps, full_time, time_grid
+from genflow.samplers.base import Sampler, allowed, option
+from genflow.samplers.common import (CountingModel, NoiseSource, NonFiniteSamples, SampleResult, check_finite,
+                                     check_steps, full_time, time_grid)
 from genflow.samplers.ddim import DDIM, DDPMAncestral, ddim_step
-from genflow.samplers.graphs import CUDAGraphModel, check_graphable, fixed_step
+from genflow.samplers.graphs import CUDAGraphModel, check_graphable
 from genflow.samplers.guidance import check_guidance, unconditional
 from genflow.samplers.ode import ODE, integrate
 from genflow.samplers.sde import EulerMaruyama, PredictorCorrector
 from genflow.samplers.solvers import SCHEDULES, DPMSolverPP2M, DPMSolverPP3M, Heun, NoiseGrid, noise_grid
 
-SAMPLERS: dict[str, type] = {
+#: Every sampler, by name: a ``Sampler`` subclass (samplers/base.py) whose ``name`` is its key.
+SAMPLERS: dict[str, type[Sampler]] = {
     "ddpm": DDPMAncestral,
     "ddim": DDIM,
     "euler_maruyama": EulerMaruyama,
@@ -35,15 +37,16 @@ SAMPLERS: dict[str, type] = {
 }
 
 
-def make(sampler: str, steps: int, **options: Any):
-    """Build a sampler by name, refusing unknown names and options with one clear line."""
+def make(sampler: str, steps: int, **options: Any) -> Sampler:
+    """Build a sampler by name, refusing unknown names and options, and any option's value outside
+    what its declaration allows, with one clear line."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid names: {', '.join(SAMPLERS)}")
     cls = SAMPLERS[sampler]
-    allowed = [f.name for f in dataclasses.fields(cls) if f.name != "steps"]
-    unknown = sorted(set(options) - set(allowed))
+    unknown = sorted(set(options) - set(cls.options()))
     if unknown:
-        raise ValueError(f"sampler {sampler!r} takes no option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        raise ValueError(f"sampler {sampler!r} takes no option(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(cls.options())}")
     return cls(steps=steps, **options)
 
 
@@ -79,6 +82,9 @@ def run(
     (1 + w) cond - w uncond, so w = 0 is the conditional model given ``cond``. ``uncond`` defaults
     to ``cond`` with every label ``y`` replaced by the net's null class. A guided step is one NFE on a
     doubled batch (``SampleResult.forward_batch_factor`` = 2); see ``CountingModel``.
+
+    Non-finite samples are refused (``NonFiniteSamples``, naming the first network evaluation
+    whose input or output was not finite).
     """
     algo = make(sampler, steps, **options)
     algo.check(process)
@@ -99,6 +105,7 @@ def run(
     net = CountingModel(model, process, cond, guidance, uncond)
     with torch.no_grad():
         out = algo(net, process, x, source, _progress(progress, sampler))
+    check_finite(out, net, sampler, process)
     return SampleResult(samples=out, nfe=net.nfe, forward_batch_factor=net.forward_batch_factor)
 
 
@@ -134,6 +141,6 @@ def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", s
 
 __all__ = [
     "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolverPP2M", "DPMSolverPP3M",
-    "EulerMaruyama", "Heun", "NoiseGrid", "NoiseSource", "PredictorCorrector", "SampleResult", "check_graphable",
-    "encode", "fixed_step", "make", "noise_grid", "run", "sample", "time_grid",
+    "EulerMaruyama", "Heun", "NoiseGrid", "NoiseSource", "NonFiniteSamples", "PredictorCorrector", "SampleResult",
+    "Sampler", "allowed", "check_graphable", "encode", "make", "noise_grid", "option", "run", "sample", "time_grid",
 ]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
 from genflow.processes.base import GaussianPath
-from genflow.samplers.common import CountingModel, NoiseSource, check_steps, full_time
+from genflow.samplers.base import Sampler, option
+from genflow.samplers.common import CountingModel, NoiseSource, to_data
 
 FIXED_GRID_METHODS = ("euler", "midpoint", "rk4", "explicit_adams", "implicit_adams", "heun2", "heun3")
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
@@ -57,25 +59,25 @@ def integrate(net: CountingModel, x: Tensor, t0: float, t1: float, *, method: st
 
 
 @dataclass(frozen=True)
-class ODE:
+class ODE(Sampler):
     """Deterministic sampling along the probability-flow / flow ODE, t_max -> t_min, then the
     predicted x0 at t_min (``denoise``; one more evaluation). ``steps`` sets fixed-step grids."""
 
-    steps: int = 50
-    method: str = "dopri5"
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    denoise: bool = True
+    name: ClassVar[str] = "ode"
+    steps: int = option(50, "sampler steps", min=1)
+    method: str = option("dopri5", "torchdiffeq method (fixed-grid or adaptive)",
+                         choices=FIXED_GRID_METHODS + ADAPTIVE_METHODS)
+    rtol: float = option(1e-5, "relative tolerance of an adaptive method", above=0)
+    atol: float = option(1e-5, "absolute tolerance of an adaptive method", above=0)
+    denoise: bool = option(True, "end on the predicted x0 (one NFE) instead of the grid's last noise level")
 
-    def check(self, process: GaussianPath) -> None:
-        check_steps(self.steps)
-        if self.rtol <= 0 or self.atol <= 0:
-            raise ValueError(f"rtol and atol must be > 0; got {self.rtol}, {self.atol}")
-        check_method(self.method)
+    @property
+    def fixed_step(self) -> bool:
+        """Only a fixed-grid method: an adaptive one's steps depend on the batch (and its step
+        control syncs with the host every step)."""
+        return self.method in FIXED_GRID_METHODS
 
     def __call__(self, net: CountingModel, process, x: Tensor, noise: NoiseSource, progress) -> Tensor:
         x = integrate(net, x, process.t_max, process.t_min, method=self.method, steps=self.steps, rtol=self.rtol,
                       atol=self.atol, kinks=process.kinks())
-        if not self.denoise:
-            return x
-        return net.denoise(x, full_time(process.t_min, x)).x0
+        return to_data(net, x, process.t_min) if self.denoise else x
