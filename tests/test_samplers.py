@@ -8,7 +8,9 @@ import torch
 
 import genflow
 from genflow.metrics import sliced_wasserstein
-from genflow.processes import DDPM, VESDE, VPSDE, FlowMatching, SubVPSDE
+from conftest import CosinePath
+from genflow import processes
+from genflow.processes import DDPM, VPSDE, FlowMatching
 from genflow.samplers import SAMPLERS, run, time_grid
 from genflow.testing import GaussianMixture
 
@@ -31,14 +33,16 @@ def start(n: int = 256, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
     return scale * torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), **F64)
 
 
-PROCESSES = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE, "flow": FlowMatching, "ddpm": lambda: DDPM(timesteps=1000)}
+#: the registry's processes (DDPM with its default T = 1000) and a path given by its coefficients alone
+PROCESSES = {**processes.PROCESSES, "cosine_path": CosinePath}
+CONTINUOUS = sorted(name for name, factory in PROCESSES.items() if not factory().discrete)
 
 
 def fitted_order(steps, errors) -> float:
     return -np.polyfit(np.log(steps), np.log(errors), 1)[0]
 
 
-@pytest.mark.parametrize("name", ["vpsde", "subvpsde", "vesde", "flow"])
+@pytest.mark.parametrize("name", CONTINUOUS)
 @pytest.mark.parametrize("sampler", ["ddim", "euler"])
 def test_first_order_convergence_to_the_exact_ode_solution(name, sampler):
     process = PROCESSES[name]()
@@ -182,7 +186,7 @@ def test_stochastic_samplers_reach_the_sliced_wasserstein_floor_on_a_mixture(rin
 
 
 @pytest.mark.parametrize("sampler,tol", [("ode", 1e-4), ("ddim", 0.1)])  # DDIM inversion at 100 steps: 0.04-0.08 measured
-@pytest.mark.parametrize("name", ["vpsde", "flow", "ddpm"])
+@pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_encode_then_decode_reconstructs(name, sampler, tol):
     process = PROCESSES[name]()
     oracle = GaussianMixture.isotropic([[-1.0, 0.0], [1.0, 0.5]], [0.3, 0.2])

@@ -105,7 +105,7 @@ def test_convergence_order_to_the_exact_ode_solution(name, sampler, low, high):
     assert low < order < high, (errors, order)
 
 
-@pytest.mark.parametrize("name", ["vpsde", "flow"])
+@pytest.mark.parametrize("name", ["vpsde", "flow_matching"])
 def test_nfe_is_honest(name):
     """dpmpp_2m: one evaluation a step; heun: two, but one on the step to s = 0 and on a jump from t_max."""
     process = PROCESSES[name]()
@@ -209,7 +209,7 @@ def sw_of(target, true, process, sampler, steps, **options) -> tuple[float, int]
     return sum(values) / len(values), out.nfe
 
 
-@pytest.mark.parametrize("name", ["ddpm", "vpsde", "flow"])
+@pytest.mark.parametrize("name", ["ddpm", "vpsde", "flow_matching"])
 @pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_3m"])
 def test_dpmpp_beats_ddim_at_10_and_20_nfe(mixture, name, sampler):
     """On a 16-D mixture's exact scores (DDIM: SW 0.16 at 10 NFE, 0.11 at 20; two true sets: 0.07)."""
