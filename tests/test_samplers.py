@@ -260,3 +260,73 @@ def test_bad_sampler_input(call, match):
     vp = VPSDE()
     with pytest.raises(ValueError, match=match):
         call(gaussian().model(vp), vp)
+
+
+# ------------------------------------------------ the cosine path: right or refused, never NaN
+COSINE_CASES = [(name, {}) for name in sorted(SAMPLERS)] + [("ddim", {"eta": 1.0}), ("pc", {"predictor": "euler_maruyama"})]
+
+
+@pytest.mark.parametrize("sampler,options", COSINE_CASES, ids=[f"{n}{'-' if o else ''}{'-'.join(map(str, o.values()))}"
+                                                              for n, o in COSINE_CASES])
+def test_every_sampler_on_the_cosine_path_is_right_or_refuses_in_one_line(sampler, options):
+    """alpha = cos(pi t/2) has alpha(1) = 6e-17: the reverse SDE's drift alpha'/alpha is -2.6e16 at t = 1.
+    Each sampler returns finite samples with the data's mean and covariance, or refuses up front."""
+    process, n = CosinePath(), 2000
+    data = GaussianMixture([[0.5, -1.0]], [[[0.5, 0.2], [0.2, 0.3]]])
+    steps = max(SAMPLERS[sampler]().steps, 50)
+    try:
+        out = genflow.sample(data.model(process), process, sampler=sampler, steps=steps, shape=(n, 2),
+                             dtype=torch.float64, generator=torch.Generator().manual_seed(11), **options)
+    except ValueError as err:
+        assert "\n" not in str(err) and f"sampler {sampler!r} cannot run on CosinePath" in str(err), err
+        print(f"{sampler} {options}: refused: {err}")
+        return
+    assert torch.isfinite(out).all()
+    cov, mean = data.covs[0], data.means[0]
+    se_mean = (cov.diagonal() / n).sqrt()
+    se_cov = (cov.diagonal()[:, None] * cov.diagonal()[None] + cov**2).sqrt() / n**0.5
+    print(f"{sampler} {options}: mean error {(out.mean(0) - mean).tolist()}, cov error {(torch.cov(out.T) - cov).tolist()}")
+    assert bool(((out.mean(0) - mean).abs() < 5 * se_mean + 0.01).all())
+    assert bool(((torch.cov(out.T) - cov).abs() < 5 * se_cov + 0.02).all())
+
+
+def test_the_cosine_path_refuses_exactly_the_reverse_sde_steps():
+    """The reverse SDE's Euler steps need f = alpha'/alpha at t = 1; the discrete transitions do not."""
+    process, model = CosinePath(), gaussian().model(CosinePath())
+    for sampler, options in [("euler_maruyama", {}), ("pc", {"predictor": "euler_maruyama"})]:
+        with pytest.raises(ValueError, match=r"its reverse SDE is not finite at t = 1 \(alpha = 6.12e-17, "
+                                             r"f = alpha'/alpha = -2.57e\+16"):
+            genflow.sample(model, process, sampler=sampler, steps=10, shape=(2, 2), **options)
+    assert genflow.samplers.run(model, process, sampler="pc", steps=10, shape=(2, 2)).nfe == 21
+
+
+def nan_below(model, t_bad: float):
+    """``model`` whose output is NaN at times below ``t_bad``."""
+    def broken(x, t, **cond):
+        out = model(x, t, **cond)
+        return torch.where((t < t_bad)[:, None], torch.nan, out)
+    return broken
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_no_sampler_returns_non_finite_samples(sampler):
+    """A network that breaks below t = 0.5 on VP: every sampler refuses with NonFiniteSamples, naming
+    the first evaluation that went wrong; nothing non-finite comes back."""
+    process = DDPM(timesteps=100) if SAMPLERS[sampler] is genflow.samplers.DDPMAncestral else VPSDE()
+    t_bad = 0.5 * process.t_max
+    model = nan_below(gaussian().model(process), t_bad)
+    with pytest.raises(genflow.samplers.NonFiniteSamples) as err:
+        genflow.sample(model, process, sampler=sampler, steps=10, shape=(4, 2), dtype=torch.float64)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"sampler {sampler!r} on {process!r} gave non-finite samples")
+    evaluation, t = message.split("first in network evaluation ")[1].split(", at t = ")
+    assert float(t.rstrip(")")) < t_bad and isinstance(err.value, RuntimeError)
+    assert int(evaluation.split(" of ")[0]) >= 2  # the evaluations before were finite
+
+
+def test_the_first_non_finite_evaluation_is_found():
+    process = VPSDE()
+    model = nan_below(gaussian().model(process), 0.45)  # DDIM's 11 steps: 1, 0.9, ..., 0.5, 0.4 (+ 1e-5 t_min)
+    with pytest.raises(genflow.samplers.NonFiniteSamples,
+                       match=r"first in network evaluation 7 of 11, at t = 0.400006\)"):
+        genflow.sample(model, process, sampler="ddim", steps=11, shape=(4, 2), dtype=torch.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -78,6 +79,11 @@ class ODE(Sampler):
         return self.method in FIXED_GRID_METHODS
 
     def __call__(self, net: CountingModel, process, x: Tensor, noise: NoiseSource, progress) -> Tensor:
-        x = integrate(net, x, process.t_max, process.t_min, method=self.method, steps=self.steps, rtol=self.rtol,
-                      atol=self.atol, kinks=process.kinks())
+        try:
+            x = integrate(net, x, process.t_max, process.t_min, method=self.method, steps=self.steps,
+                          rtol=self.rtol, atol=self.atol, kinks=process.kinks())
+        except AssertionError as err:  # an adaptive method's step control gave up ('underflow in dt')
+            if net.first_nonfinite() is None:
+                raise RuntimeError(f"sampler 'ode': torchdiffeq's {self.method} gave up: {err}") from None
+            return torch.full_like(x, math.nan)  # on a non-finite field: run() names where it started
         return to_data(net, x, process.t_min) if self.denoise else x
