@@ -289,3 +289,40 @@ def test_eval_cli_help_explains_every_flag(command, capsys):
     assert not missing, missing
     flags = {s for a in sub._actions for s in a.option_strings}
     assert ("--inception-weights" in flags) == (command in ("fd", "pr"))
+
+
+def test_a_registered_sampler_gets_its_flag_help_and_checks(ddpm_ckpt, tmp_path, capsys, monkeypatch):
+    """One dict entry: its option becomes a flag documented by its declaration, and it samples."""
+    from genflow.cli.sample import parser
+    from genflow.samplers import SAMPLERS
+    from throwaway_sampler import TemperedEuler
+
+    monkeypatch.setitem(SAMPLERS, "tempered_euler", TemperedEuler)
+    helps = {a.option_strings[-1]: a.help for a in parser()._actions}
+    assert helps["--temperature"] == ("scale of the starting noise (1: the prior; below 1: sharper samples); a finite "
+                                      "number > 0 and <= 2 (sampler tempered_euler only)")
+    argv = ["--ckpt", str(ddpm_ckpt), "--num", "4", "--no-progress", "--sampler", "tempered_euler", "--steps", "3"]
+    assert sample_main([*argv, "--out", str(tmp_path / "a"), "--temperature", "0.5"]) == 0
+    info = json.loads((tmp_path / "a" / "info.json").read_text())
+    assert info["sampler_options"] == {"steps": 3, "temperature": 0.5} and info["nfe_per_sample"] == 4
+    capsys.readouterr()
+    assert sample_main([*argv, "--out", str(tmp_path / "b"), "--temperature", "nan"]) == 2
+    assert "sampler 'tempered_euler': temperature must be a finite number > 0 and <= 2; got nan" in one_line(capsys)
+    assert sample_main([*argv, "--out", str(tmp_path / "c"), "--cuda-graph"]) == 2  # fixed-step: the CPU is refused
+    assert "CUDA graphs need a CUDA device" in one_line(capsys)
+
+
+def test_sample_cli_refuses_non_finite_samples_with_exit_1(ddpm_ckpt, tmp_path, capsys):
+    """A net whose weights went NaN: one line naming the sampler, the process and where; no files."""
+    state = torch.load(ddpm_ckpt, weights_only=True)
+    state["ema"]["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                             for k, v in state["ema"]["model"].items()}
+    broken = tmp_path / "nan.pt"
+    torch.save(state, broken)
+    out = tmp_path / "out"
+    assert sample_main(["--ckpt", str(broken), "--out", str(out), "--num", "2", "--no-progress", "--sampler", "ddim",
+                        "--steps", "5"]) == 1
+    err = one_line(capsys)
+    assert err.startswith("genflow-sample: error: sampler 'ddim' on DDPM(timesteps=1000") and \
+        "gave non-finite samples (first in network evaluation 1 of 5, at t = 999)" in err, err
+    assert not out.exists()

@@ -330,3 +330,48 @@ def test_the_first_non_finite_evaluation_is_found():
     with pytest.raises(genflow.samplers.NonFiniteSamples,
                        match=r"first in network evaluation 7 of 11, at t = 0.400006\)"):
         genflow.sample(model, process, sampler="ddim", steps=11, shape=(4, 2), dtype=torch.float64)
+
+
+# ------------------------------------------------ a sampler is one class plus one dict entry
+def test_a_sampler_registered_from_outside_is_in_every_registry_parametrized_test():
+    """tests/throwaway_sampler.py registers a sampler as a pytest plugin; the tests parametrized over
+    SAMPLERS collect it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    files = [str(tests / name) for name in ("test_samplers.py", "test_guidance.py", "test_cuda.py")]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "throwaway_sampler", "-p", "no:cacheprovider",
+                           "--collect-only", "-q", *files], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ids = [line for line in done.stdout.splitlines() if "tempered_euler" in line]
+    for test in ("test_reproducible_and_independent_of_batch_size", "test_no_sampler_returns_non_finite_samples",
+                 "test_every_sampler_on_the_cosine_path_is_right_or_refuses_in_one_line",
+                 "test_every_sampler_is_guided_through_one_doubled_forward_per_evaluation",
+                 "test_cuda_graph_samples_equal_eager_samples"):
+        assert any(test in line for line in ids), (test, ids)
+
+
+def test_a_registered_sampler_is_built_checked_and_run(monkeypatch):
+    from throwaway_sampler import TemperedEuler
+
+    monkeypatch.setitem(SAMPLERS, "tempered_euler", TemperedEuler)
+    process = VPSDE()
+    model = gaussian().model(process)
+    with pytest.raises(ValueError, match="sampler 'tempered_euler' takes no option\\(s\\) eta; allowed: temperature"):
+        genflow.samplers.make("tempered_euler", 4, eta=0.5)
+    for bad in (0.0, 3.0, float("nan")):
+        with pytest.raises(ValueError, match=f"sampler 'tempered_euler': temperature must be a finite number > 0 and "
+                                             f"<= 2; got {bad}"):
+            genflow.samplers.make("tempered_euler", 4, temperature=bad)
+    with pytest.raises(ValueError, match="need a CUDA device"):  # fixed-step: only the device is refused
+        genflow.samplers.check_graphable(genflow.samplers.make("tempered_euler", 4), "cpu")
+    cold = run(model, process, sampler="tempered_euler", steps=200, shape=(4000, 2), temperature=0.5,
+               generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    warm = genflow.sample(model, process, sampler="tempered_euler", steps=200, shape=(4000, 2),
+                          generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert cold.nfe == 201 and abs(warm.var(0) - VAR).max() < 0.03  # Euler on the PF-ODE: the data's spread
+    assert bool((cold.samples.var(0) < 0.5 * VAR).all())  # a cold start: sharper samples
