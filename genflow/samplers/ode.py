@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from genflow.processes.base import GaussianPath
 from genflow.samplers.base import Sampler, option
 from genflow.samplers.common import CountingModel, NoiseSource, to_data
 
