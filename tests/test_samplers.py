@@ -375,3 +375,22 @@ def test_a_registered_sampler_is_built_checked_and_run(monkeypatch):
                           generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert cold.nfe == 201 and abs(warm.var(0) - VAR).max() < 0.03  # Euler on the PF-ODE: the data's spread
     assert bool((cold.samples.var(0) < 0.5 * VAR).all())  # a cold start: sharper samples
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_every_sampler_declares_its_options_and_has_a_config(sampler):
+    """Registered under its own name, every field an option with documentation, defaults that pass its
+    own checks, and a config under configs/sampler/ that builds it."""
+    import dataclasses
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    cls = SAMPLERS[sampler]
+    assert issubclass(cls, genflow.samplers.Sampler) and cls.name == sampler
+    assert all(spec.metadata.get("doc") for spec in dataclasses.fields(cls)), sampler
+    assert cls().settings() == {"steps": cls.steps, **{k: spec.default for k, spec in cls.options().items()}}
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "configs" / "sampler" / f"{sampler}.yaml"))
+    assert cfg.pop("name") == sampler
+    built = genflow.samplers.make(sampler, **cfg)
+    assert isinstance(built, cls) and all(getattr(built, k) == v for k, v in cfg.items())

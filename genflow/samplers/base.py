@@ -64,9 +64,9 @@ def valid(spec: dataclasses.Field, value: Any) -> bool:
         return m["kind"] is bool and isinstance(value, bool)
     if m["kind"] is str:
         return isinstance(value, str) and (m["choices"] is None or value in m["choices"])
-    number = int if m["kind"] is int else (int, float)
-    if not isinstance(value, number) or math.isnan(value) or (value == -math.inf or
-                                                              (value == math.inf and not m["infinite"])):
+    if not isinstance(value, int if m["kind"] is int else (int, float)) or math.isnan(value):
+        return False
+    if value == -math.inf or (value == math.inf and not m["infinite"]):
         return False
     return ((m["min"] is None or value >= m["min"]) and (m["above"] is None or value > m["above"])
             and (m["max"] is None or value <= m["max"]))
