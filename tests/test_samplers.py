@@ -253,6 +253,13 @@ def test_time_grids():
         (lambda m, p: genflow.sample(m, p, sampler="ode", method="magic", shape=(2, 2)), "method must be one of"),
         (lambda m, p: genflow.sample(m, p, spacing="trailing", shape=(2, 2)), "continuous processes take linspace"),
         (lambda m, p: genflow.sample(m, p), "exactly one of noise= .* or shape="),
+        (lambda m, p: genflow.sample(m, p, denoise="no", shape=(2, 2)), "sampler 'ddim': denoise must be true or false"),
+        (lambda m, p: genflow.sample(m, p, steps=5.0, shape=(2, 2)), "sampler 'ddim': steps must be an integer >= 1"),
+        (lambda m, p: genflow.sample(m, p, sampler="pc", corrector_steps=True, shape=(2, 2)),
+         "sampler 'pc': corrector_steps must be an integer >= 0; got True"),
+        (lambda m, p: genflow.sample(m, p, sampler="dpmpp_2m", sigma_min=-1.0, shape=(2, 2)),
+         "sampler 'dpmpp_2m': sigma_min must be a finite number > 0, or None \\(the sampler's default\\); got -1.0"),
+        (lambda m, p: genflow.samplers.DDIM(eta=float("nan")), "sampler 'ddim': eta must be a finite number >= 0; got nan"),
         (lambda m, p: genflow.encode(m, p, torch.zeros(2, 2), sampler="pc"), "encode takes sampler 'ddim' or 'ode'"),
     ],
 )
