@@ -1,20 +1,37 @@
-"""Shared fixtures: one instance of every process family, and interior times for each."""
+"""Shared fixtures: every registered process (plus variants that need arguments, and a path defined
+only by its coefficients), and interior times for each."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 
-from genflow.processes import DDPM, VESDE, VPSDE, FlowMatching, GaussianPath, SubVPSDE
+from genflow.processes import DDPM, PROCESSES, FlowMatching, GaussianPath, PathCoefficients
 
+
+class CosinePath(GaussianPath):
+    """alpha = cos(pi t / 2), sigma = sin(pi t / 2) on t in [0, 1]: a process given by its
+    coefficients alone (the cosine schedule without Nichol & Dhariwal's offset; v-prediction, as
+    Salimans & Ho pair with it). alpha(1) = cos(pi/2) = 6e-17: its reverse SDE's drift
+    alpha'/alpha is unbounded at t = 1."""
+
+    def __init__(self, prediction: str = "v") -> None:
+        super().__init__(prediction)
+
+    def coefficients(self, t: torch.Tensor) -> PathCoefficients:
+        half = math.pi / 2
+        return PathCoefficients(alpha=torch.cos(half * t), sigma=torch.sin(half * t),
+                                d_alpha=-half * torch.sin(half * t), d_sigma=half * torch.cos(half * t))
+
+
+#: every process of the registry by its name, and the cases on top of it
 PROCESS_FACTORIES = {
-    "ddpm_linear": lambda **kw: DDPM(**kw),
+    **PROCESSES,
     "ddpm_cosine": lambda **kw: DDPM(beta_schedule="cosine", **kw),
-    "vpsde": lambda **kw: VPSDE(**kw),
-    "subvpsde": lambda **kw: SubVPSDE(**kw),
-    "vesde": lambda **kw: VESDE(**kw),
-    "flow": lambda **kw: FlowMatching(**kw),
     "flow_sigma_min": lambda **kw: FlowMatching(sigma_min=0.1, **kw),
+    "cosine_path": CosinePath,
 }
 
 

@@ -22,7 +22,7 @@ from genflow import accel, nets
 from genflow.cli.sample import main as sample_main
 from genflow.nets import MLP, UNet
 from genflow.processes import DDPM
-from genflow.samplers import SAMPLERS, CUDAGraphModel, check_graphable
+from genflow.samplers import SAMPLERS, CUDAGraphModel, check_graphable, make
 from genflow.training import checkpoint
 from genflow.training.config import compose
 from genflow.training.trainer import Trainer
@@ -301,7 +301,7 @@ def test_sample_cli_inductor_compile_on_cpu_equals_eager(toy_ckpt, tmp_path, cap
 
 @pytest.mark.parametrize("flags,message", [
     (["--cuda-graph"], "CUDA graphs need a CUDA device; got 'cpu'"),
-    (["--cuda-graph", "--sampler", "ode"], "'dopri5' is adaptive"),
+    (["--cuda-graph", "--sampler", "ode"], "method='dopri5', rtol=1e-05, atol=1e-05, denoise=True) is adaptive"),
     (["--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
 ])
 def test_sample_cli_refuses_bad_fast_path_flags(toy_ckpt, tmp_path, capsys, flags, message):
@@ -310,15 +310,19 @@ def test_sample_cli_refuses_bad_fast_path_flags(toy_ckpt, tmp_path, capsys, flag
     assert err.count("\n") == 0 and message in err, err
 
 
-@pytest.mark.parametrize("sampler,method,ok", [("ddim", None, True), ("pc", None, True), ("ode", "rk4", True),
-                                               ("ode", "dopri5", False), ("heun", None, True), ("lms", None, False)])
-def test_cuda_graphs_take_fixed_step_samplers_only(sampler, method, ok):
-    if ok:  # the sampler passes; the device is what is refused here
+CASES = [*((name, {}) for name in sorted(SAMPLERS)), ("ode", {"method": "rk4"})]
+
+
+@pytest.mark.parametrize("sampler,options", CASES, ids=[f"{n}-{'-'.join(o.values()) or 'default'}" for n, o in CASES])
+def test_cuda_graphs_take_fixed_step_samplers_only(sampler, options):
+    algo = make(sampler, 4, **options)
+    if algo.fixed_step:  # the sampler passes; the device is what is refused here
         with pytest.raises(ValueError, match="need a CUDA device"):
-            check_graphable(sampler, "cpu", method)
+            check_graphable(algo, "cpu")
     else:
-        with pytest.raises(ValueError, match="adaptive|fixed-step samplers"):
-            check_graphable(sampler, "cuda", method)
+        with pytest.raises(ValueError, match="CUDA graphs take fixed-step samplers; ODE.*'dopri5'.* is adaptive"):
+            check_graphable(algo, "cuda")
+    assert algo.fixed_step == (sampler != "ode" or options.get("method") == "rk4")
 
 
 def test_cuda_graph_model_refuses_cpu_tensors():

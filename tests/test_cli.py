@@ -116,9 +116,9 @@ DDPM_STEPS = "steps must be an integer >= 1 and <= 1000 (the steps of DDPM("
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--sampler", "ddpm", "--steps", "0"], DDPM_STEPS),
+    (["--sampler", "ddpm", "--steps", "0"], "sampler 'ddpm': steps must be an integer >= 1; got 0"),
     (["--sampler", "ddpm", "--steps", "5000"], DDPM_STEPS),
-    (["--sampler", "ddim", "--steps", "0"], DDPM_STEPS),
+    (["--sampler", "ddim", "--steps", "0"], "sampler 'ddim': steps must be an integer >= 1; got 0"),
     (["--sampler", "ddim", "--steps", "5000"], DDPM_STEPS),
     (["--sampler", "lms"], "unknown sampler 'lms'; valid names: ddpm, ddim, euler_maruyama, pc, ode, dpmpp_2m, dpmpp_3m, heun"),
     (["--sampler", "ddpm", "--eta", "0.5"], "sampler 'ddpm' takes no option(s) eta; allowed: variance, spacing"),
@@ -130,8 +130,16 @@ DDPM_STEPS = "steps must be an integer >= 1 and <= 1000 (the steps of DDPM("
     (["--sampler", "dpmpp_2m", "--s-churn", "1"], "sampler 'dpmpp_2m' takes no option(s) s_churn"),
     (["--sampler", "ddpm", "--no-denoise"], "sampler 'ddpm' takes no option(s) denoise"),
     (["--sampler", "dpmpp_2m", "--sigma-min", "1e-6"], "need s(t_min) <= sigma_min < sigma_max <= s(t_max)"),
-    (["--sampler", "heun", "--s-churn", "-1"], "need finite s_churn >= 0"),
-    (["--sampler", "dpmpp_2m", "--schedule", "karras", "--rho", "inf"], "rho must be a finite number > 0"),
+    (["--sampler", "heun", "--s-churn", "-1"], "sampler 'heun': s_churn must be a finite number >= 0; got -1.0"),
+    (["--sampler", "dpmpp_2m", "--schedule", "karras", "--rho", "inf"],
+     "sampler 'dpmpp_2m': rho must be a finite number > 0; got inf"),
+    # issue 18: every float option is checked finite and in range up front, from its declaration
+    (["--sampler", "ddim", "--eta", "nan"], "sampler 'ddim': eta must be a finite number >= 0; got nan"),
+    (["--sampler", "ddim", "--eta", "inf"], "sampler 'ddim': eta must be a finite number >= 0; got inf"),
+    (["--sampler", "pc", "--snr", "inf"], "sampler 'pc': snr must be a finite number > 0; got inf"),
+    (["--sampler", "ode", "--rtol", "nan"], "sampler 'ode': rtol must be a finite number > 0; got nan"),
+    (["--sampler", "heun", "--s-tmax", "nan"], "sampler 'heun': s_tmax must be a number >= 0 (inf allowed); got nan"),
+    (["--sampler", "pc", "--corrector-steps", "-1"], "sampler 'pc': corrector_steps must be an integer >= 0; got -1"),
 ])
 def test_sample_cli_refuses_bad_sampler_settings_with_exit_2(ddpm_ckpt, tmp_path, capsys, argv, message):
     out = tmp_path / "out"
@@ -281,3 +289,40 @@ def test_eval_cli_help_explains_every_flag(command, capsys):
     assert not missing, missing
     flags = {s for a in sub._actions for s in a.option_strings}
     assert ("--inception-weights" in flags) == (command in ("fd", "pr"))
+
+
+def test_a_registered_sampler_gets_its_flag_help_and_checks(ddpm_ckpt, tmp_path, capsys, monkeypatch):
+    """One dict entry: its option becomes a flag documented by its declaration, and it samples."""
+    from genflow.cli.sample import parser
+    from genflow.samplers import SAMPLERS
+    from throwaway_sampler import TemperedEuler
+
+    monkeypatch.setitem(SAMPLERS, "tempered_euler", TemperedEuler)
+    helps = {a.option_strings[-1]: a.help for a in parser()._actions}
+    assert helps["--temperature"] == ("scale of the starting noise (1: the prior; below 1: sharper samples); a finite "
+                                      "number > 0 and <= 2 (sampler tempered_euler only)")
+    argv = ["--ckpt", str(ddpm_ckpt), "--num", "4", "--no-progress", "--sampler", "tempered_euler", "--steps", "3"]
+    assert sample_main([*argv, "--out", str(tmp_path / "a"), "--temperature", "0.5"]) == 0
+    info = json.loads((tmp_path / "a" / "info.json").read_text())
+    assert info["sampler_options"] == {"steps": 3, "temperature": 0.5} and info["nfe_per_sample"] == 4
+    capsys.readouterr()
+    assert sample_main([*argv, "--out", str(tmp_path / "b"), "--temperature", "nan"]) == 2
+    assert "sampler 'tempered_euler': temperature must be a finite number > 0 and <= 2; got nan" in one_line(capsys)
+    assert sample_main([*argv, "--out", str(tmp_path / "c"), "--cuda-graph"]) == 2  # fixed-step: the CPU is refused
+    assert "CUDA graphs need a CUDA device" in one_line(capsys)
+
+
+def test_sample_cli_refuses_non_finite_samples_with_exit_1(ddpm_ckpt, tmp_path, capsys):
+    """A net whose weights went NaN: one line naming the sampler, the process and where; no files."""
+    state = torch.load(ddpm_ckpt, weights_only=True)
+    state["ema"]["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                             for k, v in state["ema"]["model"].items()}
+    broken = tmp_path / "nan.pt"
+    torch.save(state, broken)
+    out = tmp_path / "out"
+    assert sample_main(["--ckpt", str(broken), "--out", str(out), "--num", "2", "--no-progress", "--sampler", "ddim",
+                        "--steps", "5"]) == 1
+    err = one_line(capsys)
+    assert err.startswith("genflow-sample: error: sampler 'ddim' on DDPM(timesteps=1000") and \
+        "gave non-finite samples (first in network evaluation 1 of 5, at t = 999)" in err, err
+    assert not out.exists()

@@ -8,6 +8,7 @@ import torch
 import genflow
 from genflow.nets import MLP, UNet
 from genflow.processes import DDPM, VPSDE, FlowMatching
+from genflow.samplers import SAMPLERS, make
 from conftest import PROCESS_FACTORIES
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
@@ -20,7 +21,7 @@ def mlp() -> MLP:
 
 
 @pytest.mark.parametrize("sampler,options", [("ddim", {}), ("ode", {"method": "rk4"})])
-@pytest.mark.parametrize("name", ["ddpm_linear", "vpsde", "flow"])
+@pytest.mark.parametrize("name", ["ddpm", "vpsde", "flow_matching"])
 def test_deterministic_samplers_agree_across_devices(name, sampler, options):
     process, net = PROCESS_FACTORIES[name](), mlp()
     noise = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -29,14 +30,29 @@ def test_deterministic_samplers_agree_across_devices(name, sampler, options):
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "euler_maruyama", "pc"])
-def test_stochastic_samplers_on_cuda_are_reproducible_and_batch_independent(sampler):
-    process = DDPM() if sampler == "ddpm" else VPSDE()
+def fixed_options(sampler: str) -> dict:
+    """Options that make ``sampler`` fixed-step (the ode sampler's default method is adaptive)."""
+    return {"method": "rk4"} if not make(sampler, 8).fixed_step else {}
+
+
+def runnable_process(sampler: str):
+    """VPSDE, or DDPM for a sampler that needs its discrete steps."""
+    try:
+        make(sampler, 8, **fixed_options(sampler)).check(VPSDE())
+        return VPSDE()
+    except ValueError:
+        return DDPM()
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_samplers_on_cuda_are_reproducible_and_batch_independent(sampler):
+    process = runnable_process(sampler)
     net = mlp().to(CUDA)
 
     def draw(n):
         return genflow.sample(net, process, sampler=sampler, steps=10, shape=(n, 3), device=CUDA,
-                              dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+                              dtype=torch.float64, generator=torch.Generator().manual_seed(5),
+                              **fixed_options(sampler))
 
     big, small = draw(8), draw(4)
     assert big.device.type == "cuda"
@@ -93,7 +109,7 @@ def test_flow_matching_ot_coupling_on_cuda():
 
 
 # ------------------------------------------------------------ the GPU fast path (genflow.accel)
-FIXED_STEP = [("ddim", {}), ("ddpm", {}), ("euler_maruyama", {}), ("pc", {}), ("ode", {"method": "rk4"})]
+FIXED_STEP = [(name, fixed_options(name)) for name in sorted(SAMPLERS)]
 
 
 def graph_unet(device: torch.device, **kw) -> UNet:
@@ -120,7 +136,7 @@ def no_tf32():
 def test_cuda_graph_samples_equal_eager_samples(sampler, options, precision, no_tf32):
     from genflow.accel import FastModel
     from genflow.samplers import CUDAGraphModel
-    process = DDPM() if sampler in ("ddim", "ddpm") else VPSDE()
+    process = DDPM() if sampler in ("ddim", "ddpm") else runnable_process(sampler)
     net = graph_unet(CUDA)
     model = FastModel(net, precision)
 

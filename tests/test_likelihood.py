@@ -13,12 +13,11 @@ from genflow.likelihood import bits_per_dim, run
 from genflow.ode import flow_with_divergence
 from genflow.data import toy_sample
 from genflow.nets import MLP
-from genflow.processes import CNF, DDPM, VESDE, VPSDE, FlowMatching, SubVPSDE
+from genflow.processes import CNF, VPSDE, FlowMatching
 from genflow.testing import GaussianMixture
 
 F64 = dict(dtype=torch.float64)
-PROCESSES = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE, "flow": FlowMatching,
-             "ddpm": lambda: DDPM(timesteps=1000)}
+from test_samplers import PROCESSES  # the registry's processes and the cosine path
 
 
 def correlated_gaussian(mean=(0.5, -1.0, 0.25)) -> GaussianMixture:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from plugin_package import write_plugin
 
 from genflow.cli.evaluate import main as eval_main

@@ -8,7 +8,9 @@ import torch
 
 import genflow
 from genflow.metrics import sliced_wasserstein
-from genflow.processes import DDPM, VESDE, VPSDE, FlowMatching, SubVPSDE
+from conftest import CosinePath
+from genflow import processes
+from genflow.processes import DDPM, VPSDE, FlowMatching
 from genflow.samplers import SAMPLERS, run, time_grid
 from genflow.testing import GaussianMixture
 
@@ -31,14 +33,16 @@ def start(n: int = 256, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
     return scale * torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), **F64)
 
 
-PROCESSES = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE, "flow": FlowMatching, "ddpm": lambda: DDPM(timesteps=1000)}
+#: the registry's processes (DDPM with its default T = 1000) and a path given by its coefficients alone
+PROCESSES = {**processes.PROCESSES, "cosine_path": CosinePath}
+CONTINUOUS = sorted(name for name, factory in PROCESSES.items() if not factory().discrete)
 
 
 def fitted_order(steps, errors) -> float:
     return -np.polyfit(np.log(steps), np.log(errors), 1)[0]
 
 
-@pytest.mark.parametrize("name", ["vpsde", "subvpsde", "vesde", "flow"])
+@pytest.mark.parametrize("name", CONTINUOUS)
 @pytest.mark.parametrize("sampler", ["ddim", "euler"])
 def test_first_order_convergence_to_the_exact_ode_solution(name, sampler):
     process = PROCESSES[name]()
@@ -182,7 +186,7 @@ def test_stochastic_samplers_reach_the_sliced_wasserstein_floor_on_a_mixture(rin
 
 
 @pytest.mark.parametrize("sampler,tol", [("ode", 1e-4), ("ddim", 0.1)])  # DDIM inversion at 100 steps: 0.04-0.08 measured
-@pytest.mark.parametrize("name", ["vpsde", "flow", "ddpm"])
+@pytest.mark.parametrize("name", sorted(PROCESSES))
 def test_encode_then_decode_reconstructs(name, sampler, tol):
     process = PROCESSES[name]()
     oracle = GaussianMixture.isotropic([[-1.0, 0.0], [1.0, 0.5]], [0.3, 0.2])
@@ -249,6 +253,13 @@ def test_time_grids():
         (lambda m, p: genflow.sample(m, p, sampler="ode", method="magic", shape=(2, 2)), "method must be one of"),
         (lambda m, p: genflow.sample(m, p, spacing="trailing", shape=(2, 2)), "continuous processes take linspace"),
         (lambda m, p: genflow.sample(m, p), "exactly one of noise= .* or shape="),
+        (lambda m, p: genflow.sample(m, p, denoise="no", shape=(2, 2)), "sampler 'ddim': denoise must be true or false"),
+        (lambda m, p: genflow.sample(m, p, steps=5.0, shape=(2, 2)), "sampler 'ddim': steps must be an integer >= 1"),
+        (lambda m, p: genflow.sample(m, p, sampler="pc", corrector_steps=True, shape=(2, 2)),
+         "sampler 'pc': corrector_steps must be an integer >= 0; got True"),
+        (lambda m, p: genflow.sample(m, p, sampler="dpmpp_2m", sigma_min=-1.0, shape=(2, 2)),
+         "sampler 'dpmpp_2m': sigma_min must be a finite number > 0, or None \\(the sampler's default\\); got -1.0"),
+        (lambda m, p: genflow.samplers.DDIM(eta=float("nan")), "sampler 'ddim': eta must be a finite number >= 0; got nan"),
         (lambda m, p: genflow.encode(m, p, torch.zeros(2, 2), sampler="pc"), "encode takes sampler 'ddim' or 'ode'"),
     ],
 )
@@ -256,3 +267,137 @@ def test_bad_sampler_input(call, match):
     vp = VPSDE()
     with pytest.raises(ValueError, match=match):
         call(gaussian().model(vp), vp)
+
+
+# ------------------------------------------------ the cosine path: right or refused, never NaN
+COSINE_CASES = [(name, {}) for name in sorted(SAMPLERS)] + [("ddim", {"eta": 1.0}), ("pc", {"predictor": "euler_maruyama"})]
+
+
+@pytest.mark.parametrize("sampler,options", COSINE_CASES, ids=[f"{n}{'-' if o else ''}{'-'.join(map(str, o.values()))}"
+                                                              for n, o in COSINE_CASES])
+def test_every_sampler_on_the_cosine_path_is_right_or_refuses_in_one_line(sampler, options):
+    """alpha = cos(pi t/2) has alpha(1) = 6e-17: the reverse SDE's drift alpha'/alpha is -2.6e16 at t = 1.
+    Each sampler returns finite samples with the data's mean and covariance, or refuses up front."""
+    process, n = CosinePath(), 2000
+    data = GaussianMixture([[0.5, -1.0]], [[[0.5, 0.2], [0.2, 0.3]]])
+    steps = max(SAMPLERS[sampler]().steps, 50)
+    try:
+        out = genflow.sample(data.model(process), process, sampler=sampler, steps=steps, shape=(n, 2),
+                             dtype=torch.float64, generator=torch.Generator().manual_seed(11), **options)
+    except ValueError as err:
+        assert "\n" not in str(err) and f"sampler {sampler!r} cannot run on CosinePath" in str(err), err
+        print(f"{sampler} {options}: refused: {err}")
+        return
+    assert torch.isfinite(out).all()
+    cov, mean = data.covs[0], data.means[0]
+    se_mean = (cov.diagonal() / n).sqrt()
+    se_cov = (cov.diagonal()[:, None] * cov.diagonal()[None] + cov**2).sqrt() / n**0.5
+    print(f"{sampler} {options}: mean error {(out.mean(0) - mean).tolist()}, cov error {(torch.cov(out.T) - cov).tolist()}")
+    assert bool(((out.mean(0) - mean).abs() < 5 * se_mean + 0.01).all())
+    assert bool(((torch.cov(out.T) - cov).abs() < 5 * se_cov + 0.02).all())
+
+
+def test_the_cosine_path_refuses_exactly_the_reverse_sde_steps():
+    """The reverse SDE's Euler steps need f = alpha'/alpha at t = 1; the discrete transitions do not."""
+    process, model = CosinePath(), gaussian().model(CosinePath())
+    for sampler, options in [("euler_maruyama", {}), ("pc", {"predictor": "euler_maruyama"})]:
+        with pytest.raises(ValueError, match=r"its reverse SDE is not finite at t = 1 \(alpha = 6.12e-17, "
+                                             r"f = alpha'/alpha = -2.57e\+16"):
+            genflow.sample(model, process, sampler=sampler, steps=10, shape=(2, 2), **options)
+    assert genflow.samplers.run(model, process, sampler="pc", steps=10, shape=(2, 2)).nfe == 21
+
+
+def nan_below(model, t_bad: float):
+    """``model`` whose output is NaN at times below ``t_bad``."""
+    def broken(x, t, **cond):
+        out = model(x, t, **cond)
+        return torch.where((t < t_bad)[:, None], torch.nan, out)
+    return broken
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_no_sampler_returns_non_finite_samples(sampler):
+    """A network that breaks below t = 0.5 on VP: every sampler refuses with NonFiniteSamples, naming
+    the first evaluation that went wrong; nothing non-finite comes back."""
+    process = DDPM(timesteps=100) if SAMPLERS[sampler] is genflow.samplers.DDPMAncestral else VPSDE()
+    t_bad = 0.5 * process.t_max
+    model = nan_below(gaussian().model(process), t_bad)
+    with pytest.raises(genflow.samplers.NonFiniteSamples) as err:
+        genflow.sample(model, process, sampler=sampler, steps=10, shape=(4, 2), dtype=torch.float64)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"sampler {sampler!r} on {process!r} gave non-finite samples")
+    evaluation, t = message.split("first in network evaluation ")[1].split(", at t = ")
+    assert float(t.rstrip(")")) < t_bad and isinstance(err.value, RuntimeError)
+    assert int(evaluation.split(" of ")[0]) >= 2  # the evaluations before were finite
+
+
+def test_the_first_non_finite_evaluation_is_found():
+    process = VPSDE()
+    model = nan_below(gaussian().model(process), 0.45)  # DDIM's 11 steps: 1, 0.9, ..., 0.5, 0.4 (+ 1e-5 t_min)
+    with pytest.raises(genflow.samplers.NonFiniteSamples,
+                       match=r"first in network evaluation 7 of 11, at t = 0.400006\)"):
+        genflow.sample(model, process, sampler="ddim", steps=11, shape=(4, 2), dtype=torch.float64)
+
+
+# ------------------------------------------------ a sampler is one class plus one dict entry
+def test_a_sampler_registered_from_outside_is_in_every_registry_parametrized_test():
+    """tests/throwaway_sampler.py registers a sampler as a pytest plugin; the tests parametrized over
+    SAMPLERS collect it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests.parent), str(tests)])}
+    files = [str(tests / name) for name in ("test_samplers.py", "test_guidance.py", "test_cuda.py")]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "throwaway_sampler", "-p", "no:cacheprovider",
+                           "--collect-only", "-q", *files], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ids = [line for line in done.stdout.splitlines() if "tempered_euler" in line]
+    for test in ("test_reproducible_and_independent_of_batch_size", "test_no_sampler_returns_non_finite_samples",
+                 "test_every_sampler_on_the_cosine_path_is_right_or_refuses_in_one_line",
+                 "test_every_sampler_is_guided_through_one_doubled_forward_per_evaluation",
+                 "test_cuda_graph_samples_equal_eager_samples"):
+        assert any(test in line for line in ids), (test, ids)
+
+
+def test_a_registered_sampler_is_built_checked_and_run(monkeypatch):
+    from throwaway_sampler import TemperedEuler
+
+    monkeypatch.setitem(SAMPLERS, "tempered_euler", TemperedEuler)
+    process = VPSDE()
+    model = gaussian().model(process)
+    with pytest.raises(ValueError, match="sampler 'tempered_euler' takes no option\\(s\\) eta; allowed: temperature"):
+        genflow.samplers.make("tempered_euler", 4, eta=0.5)
+    for bad in (0.0, 3.0, float("nan")):
+        with pytest.raises(ValueError, match=f"sampler 'tempered_euler': temperature must be a finite number > 0 and "
+                                             f"<= 2; got {bad}"):
+            genflow.samplers.make("tempered_euler", 4, temperature=bad)
+    with pytest.raises(ValueError, match="need a CUDA device"):  # fixed-step: only the device is refused
+        genflow.samplers.check_graphable(genflow.samplers.make("tempered_euler", 4), "cpu")
+    cold = run(model, process, sampler="tempered_euler", steps=200, shape=(4000, 2), temperature=0.5,
+               generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    warm = genflow.sample(model, process, sampler="tempered_euler", steps=200, shape=(4000, 2),
+                          generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert cold.nfe == 201 and abs(warm.var(0) - VAR).max() < 0.03  # Euler on the PF-ODE: the data's spread
+    assert bool((cold.samples.var(0) < 0.5 * VAR).all())  # a cold start: sharper samples
+
+
+@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+def test_every_sampler_declares_its_options_and_has_a_config(sampler):
+    """Registered under its own name, every field an option with documentation, defaults that pass its
+    own checks, and a config under configs/sampler/ that builds it."""
+    import dataclasses
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    cls = SAMPLERS[sampler]
+    assert issubclass(cls, genflow.samplers.Sampler) and cls.name == sampler
+    assert all(spec.metadata.get("doc") for spec in dataclasses.fields(cls)), sampler
+    assert cls().settings() == {"steps": cls.steps, **{k: spec.default for k, spec in cls.options().items()}}
+    cfg = OmegaConf.to_container(OmegaConf.load(Path(__file__).parents[1] / "configs" / "sampler" / f"{sampler}.yaml"))
+    assert cfg.pop("name") == sampler
+    built = genflow.samplers.make(sampler, **cfg)
+    assert isinstance(built, cls) and all(getattr(built, k) == v for k, v in cfg.items())

@@ -78,9 +78,11 @@ def test_grid_refuses_bad_ranges():
     for rho in (0.0, math.inf, math.nan):
         with pytest.raises(ValueError, match="rho must be a finite number > 0"):
             noise_grid(vp, 10, "karras", rho=rho)
-    for bad in ({"s_noise": math.nan}, {"s_churn": math.nan}, {"s_churn": math.inf}):
-        with pytest.raises(ValueError, match="need finite s_churn >= 0"):
-            run(gaussian().model(vp), vp, sampler="heun", steps=4, shape=(2, 2), **bad)
+    for key, value in [("s_noise", math.nan), ("s_churn", math.nan), ("s_churn", math.inf), ("s_tmin", -1.0)]:
+        with pytest.raises(ValueError, match=f"sampler 'heun': {key} must be a finite number >= 0; got {value}"):
+            run(gaussian().model(vp), vp, sampler="heun", steps=4, shape=(2, 2), **{key: value})
+    with pytest.raises(ValueError, match="sampler 'heun': need s_tmin <= s_tmax; got 2.0, 1.0"):
+        run(gaussian().model(vp), vp, sampler="heun", steps=4, shape=(2, 2), s_tmin=2.0, s_tmax=1.0)
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         run(gaussian().model(vp), vp, sampler="heun", steps=0, shape=(2, 2))
 
@@ -103,7 +105,7 @@ def test_convergence_order_to_the_exact_ode_solution(name, sampler, low, high):
     assert low < order < high, (errors, order)
 
 
-@pytest.mark.parametrize("name", ["vpsde", "flow"])
+@pytest.mark.parametrize("name", ["vpsde", "flow_matching"])
 def test_nfe_is_honest(name):
     """dpmpp_2m: one evaluation a step; heun: two, but one on the step to s = 0 and on a jump from t_max."""
     process = PROCESSES[name]()
@@ -180,7 +182,7 @@ def test_heun_churn_is_edm_algorithm_2():
     half = run(model, process, s_churn=10.0, generator=torch.Generator().manual_seed(0),
                **{**kw, "shape": (3, 2)}).samples
     assert torch.allclose(half, churned[:3], atol=1e-12)
-    with pytest.raises(ValueError, match="s_churn >= 0"):
+    with pytest.raises(ValueError, match="s_churn must be a finite number >= 0; got -1.0"):
         run(model, process, s_churn=-1.0, **kw)
 
 
@@ -207,7 +209,7 @@ def sw_of(target, true, process, sampler, steps, **options) -> tuple[float, int]
     return sum(values) / len(values), out.nfe
 
 
-@pytest.mark.parametrize("name", ["ddpm", "vpsde", "flow"])
+@pytest.mark.parametrize("name", ["ddpm", "vpsde", "flow_matching"])
 @pytest.mark.parametrize("sampler", ["dpmpp_2m", "dpmpp_3m"])
 def test_dpmpp_beats_ddim_at_10_and_20_nfe(mixture, name, sampler):
     """On a 16-D mixture's exact scores (DDIM: SW 0.16 at 10 NFE, 0.11 at 20; two true sets: 0.07)."""

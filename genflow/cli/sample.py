@@ -7,13 +7,13 @@ Writes OUT/grid.png (images) or OUT/points.png (2-D data), OUT/samples.npz and O
 A class-conditional checkpoint samples classes ``--class`` (default: sample i gets class i % num_classes)
 with classifier-free guidance weight ``--guidance`` w (Ho & Salimans: (1 + w) cond - w uncond; 0 is
 the conditional model; w > 0 runs each network evaluation on a doubled batch).
-Exit status 2 for bad input (one line on stderr), 1 when a checkpoint cannot be used.
+Exit status 2 for bad input (one line on stderr), 1 when a checkpoint cannot be used or the samples
+are not finite (nothing is written then).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -26,31 +26,34 @@ import torch
 from genflow.accel import PRECISIONS
 from genflow.cli import Parser, UsageError, guarded
 
-SAMPLER_FLAGS = {  # option: (type, what it does and its allowed values)
-    "eta": (float, "DDIM noise, >= 0: 0 deterministic, 1 DDPM's posterior variance"),
-    "spacing": (str, "time grid: leading, trailing, linspace or quadratic (continuous processes: linspace or "
-                     "quadratic)"),
-    "variance": (str, "ancestral step variance: beta_tilde (posterior) or beta"),
-    "method": (str, "torchdiffeq method: dopri5, rk4, euler, ..."),
-    "rtol": (float, "relative tolerance of an adaptive method"),
-    "atol": (float, "absolute tolerance of an adaptive method"),
-    "snr": (float, "Langevin corrector signal-to-noise ratio, > 0"),
-    "corrector_steps": (int, "Langevin moves per step, >= 0"),
-    "predictor": (str, "predictor step: reverse_diffusion or euler_maruyama"),
-    "schedule": (str, "noise levels by log-SNR: logsnr (uniform), karras (EDM's rho schedule) or time (uniform)"),
-    "rho": (float, "the karras schedule's rho, > 0 (EDM: 7)"),
-    "sigma_min": (float, "lowest noise level sigma/alpha of the grid (default max(path's, 0.002))"),
-    "sigma_max": (float, "highest level of the grid's schedule (default min(path's, 80)); above it one step jumps"),
-    "s_churn": (float, "EDM's stochastic churn, >= 0 (0: deterministic)"),
-    "s_tmin": (float, "churn only at noise levels >= s_tmin"),
-    "s_tmax": (float, "churn only at noise levels <= s_tmax"),
-    "s_noise": (float, "scale of the churn's fresh noise (EDM: 1.0 to 1.007)"),
-}
+def sampler_options() -> dict:
+    """Every option of the registered samplers: its first declaration and the samplers that take it."""
+    from genflow.samplers import SAMPLERS
+
+    found: dict = {}
+    for name, cls in SAMPLERS.items():
+        for key, spec in cls.options().items():
+            found.setdefault(key, (spec, []))[1].append(name)
+    return found
+
+
+def add_sampler_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per sampler option, its help read off the option's declaration."""
+    from genflow.samplers import allowed
+
+    for key, (spec, takers) in sampler_options().items():
+        doc, only = spec.metadata["doc"].replace("%", "%%"), f"(sampler {' or '.join(takers)} only)"
+        if spec.metadata["kind"] is bool:
+            flag = f"--no-{key}" if spec.default else f"--{key}"
+            p.add_argument(flag.replace("_", "-"), dest=key, default=None,
+                           action="store_false" if spec.default else "store_true",
+                           help=f"sets {key} to {not spec.default} (default {spec.default}: {doc}) {only}")
+        else:
+            p.add_argument(f"--{key.replace('_', '-')}", type=spec.metadata["kind"], default=None,
+                           help=f"{doc}; {allowed(spec)} {only}")
 
 
 def parser() -> argparse.ArgumentParser:
-    from dataclasses import fields
-
     from genflow.samplers import SAMPLERS
 
     p = Parser(prog="genflow-sample", description=__doc__.split("\n")[0])
@@ -59,14 +62,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps, >= 1; on DDPM at most its timesteps (default: the run's sampler config, "
                         "or another sampler's own default)")
-    for flag, (kind, text) in SAMPLER_FLAGS.items():
-        takers = [name for name, cls in SAMPLERS.items() if flag in {f.name for f in fields(cls)}]
-        p.add_argument(f"--{flag.replace('_', '-')}", type=kind, default=None,
-                       help=f"{text} (sampler {' or '.join(takers)} only)")
-    takers = [name for name, cls in SAMPLERS.items() if "denoise" in {f.name for f in fields(cls)}]
-    p.add_argument("--no-denoise", dest="denoise", action="store_false", default=None,
-                   help=f"stop at the grid's last noise level instead of ending on the predicted x0 (one NFE less "
-                        f"for most; sampler {' or '.join(takers)} only)")
+    add_sampler_flags(p)
     p.add_argument("--num", type=int, default=64, help="number of samples, >= 1")
     p.add_argument("--batch-size", type=int, default=256,
                    help="samples per batch (fixed-step samplers: does not change the samples; an adaptive ODE "
@@ -103,7 +99,7 @@ def sampler_settings(args, stored: dict) -> dict:
     settings.setdefault("steps", samplers.SAMPLERS[name].steps)  # the sampler's own default
     if args.steps is not None:
         settings["steps"] = args.steps
-    settings.update({k: getattr(args, k) for k in [*SAMPLER_FLAGS, "denoise"] if getattr(args, k) is not None})
+    settings.update({k: getattr(args, k) for k in sampler_options() if getattr(args, k) is not None})
     return {"name": name, **settings}
 
 
@@ -139,12 +135,12 @@ def strict_json(value):
     return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def network(net: torch.nn.Module, args, settings: dict):
+def network(net: torch.nn.Module, args, algo):
     """The net with the fast-path flags applied (precision, channels-last, compile, CUDA graph)."""
     from genflow import accel, samplers
 
     if args.cuda_graph:
-        samplers.check_graphable(settings["name"], args.device, settings.get("method", samplers.ODE.method))
+        samplers.check_graphable(algo, args.device)
     if torch.device(args.device).type == "cuda":
         accel.set_tf32(not args.no_tf32)
     net.requires_grad_(False)
@@ -185,12 +181,11 @@ def run(args) -> Path:
         return torch.tensor(chosen)[torch.arange(start, stop) % len(chosen)]
 
     labels = class_labels(0, args.num) if chosen else None
-    model = network(net, args, settings)
+    model = network(net, args, algo)
     # A compiled or graphed net is specialised to its input shapes: with a fixed-step sampler the
     # last, partial batch is drawn at full size and cut (its samples are the same, up to rounding),
     # not compiled or captured again. An adaptive solver's steps depend on the whole batch: not padded.
-    method = settings.get("method", samplers.ODE.method)
-    padded = (args.compile or args.cuda_graph) and samplers.fixed_step(settings["name"], method)
+    padded = (args.compile or args.cuda_graph) and algo.fixed_step
     fixed = min(args.batch_size, args.num) if padded else None
     start, batches, nfe, factor = time.perf_counter(), [], 0, 1
     for offset in range(0, args.num, args.batch_size):
@@ -222,7 +217,7 @@ def run(args) -> Path:
     # classes cycle over the samples; each network evaluation ran forward_batch_factor rows per sample
     # (2 under guidance: the conditional and unconditional batches in one forward)
     info.update({"classes": chosen, "guidance": guidance, "forward_batch_factor": factor})
-    info["sampler_options"] = dataclasses.asdict(algo)  # every option as used, defaults included
+    info["sampler_options"] = algo.settings()  # every option as used, defaults included
     (args.out / "info.json").write_text(json.dumps(strict_json(info), indent=2, allow_nan=False) + "\n")
     return picture
 

@@ -66,8 +66,9 @@ class GaussianPath(ABC):
     predictions: tuple[str, ...] = PREDICTIONS
     #: The parametrization the training loss is measured in.
     loss_space: str = "eps"
-    #: True when the native time is an integer step (DDPM).
-    discrete: bool = False
+    #: The number of discrete steps T when the native time is an integer step n = 0..T-1 (DDPM);
+    #: None for a continuous time.
+    timesteps: int | None = None
     #: False for flows: their g^2 blows up at t_max, so only deterministic samplers apply.
     has_reverse_sde: bool = True
     #: True when the loss differentiates the model twice (a CNF's divergence): torch.compile cannot.
@@ -78,6 +79,11 @@ class GaussianPath(ABC):
     def __init__(self, prediction: str) -> None:
         check_choice(prediction, self.predictions, f"prediction for {type(self).__name__}")
         self.prediction = prediction
+
+    @property
+    def discrete(self) -> bool:
+        """True when the native time is an integer step (``timesteps`` is set)."""
+        return self.timesteps is not None
 
     # ----------------------------------------------------------------- the path itself
     @abstractmethod
@@ -114,6 +120,17 @@ class GaussianPath(ABC):
             above = self.log_snr(mid) > target  # still too little noise: the answer is later
             lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
         return 0.5 * (lo + hi)
+
+    def transition_variance(self, t: Tensor, s: Tensor) -> Tensor:
+        """The variance of q(x_t | x_s), s < t: sigma_t^2 - (alpha_t/alpha_s)^2 sigma_s^2 (Kingma et
+        al. 2021, sec. 2; DDPM's beta_n for adjacent steps)."""
+        ct, cs = self.coefficients(t), self.coefficients(s)
+        return ct.sigma**2 - (ct.alpha / cs.alpha) ** 2 * cs.sigma**2
+
+    def posterior_variance(self, t: Tensor, s: Tensor) -> Tensor:
+        """The variance of q(x_s | x_t, x0), s < t: the transition's times sigma_s^2 / sigma_t^2
+        (Ho et al.'s beta_tilde; DDIM's sigma^2 at eta = 1)."""
+        return self.transition_variance(t, s) * self.sigma(s) ** 2 / self.sigma(t) ** 2
 
     # ----------------------------------------------------------------- forward SDE
     def drift_coef(self, t: Tensor) -> Tensor:

@@ -44,8 +44,6 @@ class DDPM(GaussianPath):
         prediction: what the network predicts (eps, x0, v, score or velocity).
     """
 
-    discrete = True
-
     def __init__(
         self,
         timesteps: int | None = None,

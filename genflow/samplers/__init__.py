@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -16,15 +15,18 @@ from tqdm.auto import tqdm
 
 from genflow.ode import check_solver, solve
 from genflow.processes.base import GaussianPath
-from genflow.samplers.common import CountingModel, NoiseSource, SampleResult, check_steps, full_time, time_grid
-from genflow.samplers.ddim import DDIM, DDPMAncestral, ddim_step
-from genflow.samplers.graphs import CUDAGraphModel, check_graphable, fixed_step
+from genflow.samplers.base import Sampler, allowed, option
+from genflow.samplers.common import (CountingModel, NoiseSource, NonFiniteSamples, SampleResult, check_finite,
+                                     check_steps, time_grid)
+from genflow.samplers.ddim import DDIM, DDPMAncestral, ddim_walk
+from genflow.samplers.graphs import CUDAGraphModel, check_graphable
 from genflow.samplers.guidance import check_guidance, unconditional
 from genflow.samplers.ode import ODE
 from genflow.samplers.sde import EulerMaruyama, PredictorCorrector
 from genflow.samplers.solvers import SCHEDULES, DPMSolverPP2M, DPMSolverPP3M, Heun, NoiseGrid, noise_grid
 
-SAMPLERS: dict[str, type] = {
+#: Every sampler, by name: a ``Sampler`` subclass (samplers/base.py) whose ``name`` is its key.
+SAMPLERS: dict[str, type[Sampler]] = {
     "ddpm": DDPMAncestral,
     "ddim": DDIM,
     "euler_maruyama": EulerMaruyama,
@@ -36,15 +38,16 @@ SAMPLERS: dict[str, type] = {
 }
 
 
-def make(sampler: str, steps: int, **options: Any):
-    """Build a sampler by name, refusing unknown names and options with one clear line."""
+def make(sampler: str, steps: int, **options: Any) -> Sampler:
+    """Build a sampler by name, refusing unknown names and options, and any option's value outside
+    what its declaration allows, with one clear line."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; valid names: {', '.join(SAMPLERS)}")
     cls = SAMPLERS[sampler]
-    allowed = [f.name for f in dataclasses.fields(cls) if f.name != "steps"]
-    unknown = sorted(set(options) - set(allowed))
+    unknown = sorted(set(options) - set(cls.options()))
     if unknown:
-        raise ValueError(f"sampler {sampler!r} takes no option(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        raise ValueError(f"sampler {sampler!r} takes no option(s) {', '.join(unknown)}; "
+                         f"allowed: {', '.join(cls.options())}")
     return cls(steps=steps, **options)
 
 
@@ -80,6 +83,9 @@ def run(
     (1 + w) cond - w uncond, so w = 0 is the conditional model given ``cond``. ``uncond`` defaults
     to ``cond`` with every label ``y`` replaced by the net's null class. A guided step is one NFE on a
     doubled batch (``SampleResult.forward_batch_factor`` = 2); see ``CountingModel``.
+
+    Non-finite samples are refused (``NonFiniteSamples``, naming the first network evaluation
+    whose input or output was not finite).
     """
     algo = make(sampler, steps, **options)
     algo.check(process)
@@ -100,6 +106,7 @@ def run(
     net = CountingModel(model, process, cond, guidance, uncond)
     with torch.no_grad():
         out = algo(net, process, x, source, _progress(progress, sampler))
+    check_finite(out, net, sampler, process)
     return SampleResult(samples=out, nfe=net.nfe, forward_batch_factor=net.forward_batch_factor)
 
 
@@ -125,16 +132,11 @@ def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", s
         if sampler == "ode":
             check_solver(method, rtol=rtol, atol=atol, steps=steps)
             return solve(net.denoise, process, x0, to_noise=True, method=method, steps=steps, rtol=rtol, atol=atol)
-        grid = time_grid(process, steps, spacing).flip(0).tolist()
-        x = x0
-        for t, s in zip(grid[:-1], grid[1:]):
-            hub = net.denoise(x, full_time(t, x))
-            x = ddim_step(process, hub.x0, hub.eps, full_time(t, x), full_time(s, x), 0.0, None)
-    return x
+        return ddim_walk(net, process, x0, time_grid(process, steps, spacing).flip(0).tolist())
 
 
 __all__ = [
     "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolverPP2M", "DPMSolverPP3M",
-    "EulerMaruyama", "Heun", "NoiseGrid", "NoiseSource", "PredictorCorrector", "SampleResult", "check_graphable",
-    "encode", "fixed_step", "make", "noise_grid", "run", "sample", "time_grid",
+    "EulerMaruyama", "Heun", "NoiseGrid", "NoiseSource", "NonFiniteSamples", "PredictorCorrector", "SampleResult",
+    "Sampler", "allowed", "check_graphable", "encode", "make", "noise_grid", "option", "run", "sample", "time_grid",
 ]

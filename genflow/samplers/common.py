@@ -84,20 +84,55 @@ class CountingModel:
         self.model, self.process, self.cond, self.nfe = model, process, cond, 0
         self.guidance = float(guidance)
         self.forward_batch_factor = 2 if self.guidance else 1
+        #: per evaluation, its time and whether its input and output were finite, both left on the
+        #: device (no host sync per step); read only when the samples are not finite
+        self.calls: list[tuple[Tensor, Tensor]] = []
         if self.guidance:
-            self.pairs = {k: torch.cat([v, uncond[k]]) for k, v in cond.items()}  # type: ignore[index]
+            if uncond is None:
+                raise ValueError("guidance needs the unconditional cond (uncond=)")
+            self.pairs = {k: torch.cat([v, uncond[k]]) for k, v in cond.items()}
 
     def denoise(self, x: Tensor, t: Tensor) -> Denoised:
         self.nfe += 1
         if not self.guidance:
-            return self.process.to_hub(self.model(x, t, **self.cond), x, t)
-        out_c, out_u = self.model(torch.cat([x, x]), torch.cat([t, t]), **self.pairs).chunk(2)
-        return self.process.to_hub(out_c + self.guidance * (out_c - out_u), x, t)
+            out = self.model(x, t, **self.cond)
+        else:
+            out_c, out_u = self.model(torch.cat([x, x]), torch.cat([t, t]), **self.pairs).chunk(2)
+            out = out_c + self.guidance * (out_c - out_u)
+        self.calls.append((t[:1], torch.isfinite(x).all() & torch.isfinite(out).all()))
+        return self.process.to_hub(out, x, t)
+
+    def velocity(self, x: Tensor, t: Tensor) -> Tensor:
+        """dx/dt of the probability-flow ODE (flow ODE for flows): alpha' x0 + sigma' eps."""
+        hub = self.denoise(x, t)
+        return self.process.from_hub(hub.x0, hub.eps, t, "velocity")
+
+    def first_nonfinite(self) -> tuple[int, float] | None:
+        """The first evaluation (1-based) whose input or output was not finite, and its time."""
+        return next(((i + 1, float(t)) for i, (t, ok) in enumerate(self.calls) if not bool(ok)), None)
+
+
+class NonFiniteSamples(RuntimeError):
+    """A sampler run ended in NaN or infinite samples (genflow-sample: one line, exit 1)."""
+
+
+def check_finite(samples: Tensor, net: CountingModel, sampler: str, process: GaussianPath) -> None:
+    """Refuse non-finite ``samples``, naming the first evaluation where a non-finite value appeared."""
+    if bool(torch.isfinite(samples).all()):
+        return
+    first = net.first_nonfinite()
+    if first is not None:
+        where = f"first in network evaluation {first[0]} of {net.nfe}, at t = {first[1]:.6g}"
+    elif net.calls:
+        where = f"after the last network evaluation, at t = {float(net.calls[-1][0]):.6g}"
+    else:
+        where = "without a network evaluation"
+    raise NonFiniteSamples(f"sampler {sampler!r} on {process!r} gave non-finite samples ({where})")
 
 
 def check_steps(steps: int, process: GaussianPath | None = None) -> None:
     """steps >= 1; with a discrete ``process``, at most its number of steps."""
-    most = process.timesteps if process is not None and process.discrete else None  # type: ignore[attr-defined]
+    most = process.timesteps if process is not None else None
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1 or (most is not None and steps > most):
         allowed = "an integer >= 1" if most is None else f"an integer >= 1 and <= {most} (the steps of {process!r})"
         raise ValueError(f"steps must be {allowed}; got {steps!r}")
@@ -119,7 +154,8 @@ def time_grid(process: GaussianPath, steps: int, spacing: str = "linspace") -> T
             raise ValueError(f"spacing {spacing!r} is for discrete steps; continuous processes take linspace or quadratic")
         u = u if spacing == "linspace" else u**2
         return (process.t_min + (process.t_max - process.t_min) * u).flip(0)
-    T = process.timesteps  # type: ignore[attr-defined]
+    T = process.timesteps
+    assert T is not None  # a discrete process declares its steps
     if spacing == "leading":
         grid = torch.arange(0, T, T // steps, dtype=torch.float64)[:steps]
     elif spacing == "trailing":
@@ -136,6 +172,37 @@ def time_grid(process: GaussianPath, steps: int, spacing: str = "linspace") -> T
 
 def refuse(sampler: str, process: GaussianPath, reason: str) -> ValueError:
     return ValueError(f"sampler {sampler!r} cannot run on {process!r}: {reason}")
+
+
+def check_reverse_sde(sampler: str, process: GaussianPath, times: Tensor) -> None:
+    """Refuse a grid where the reverse SDE's drift f = alpha'/alpha or diffusion g^2 is not finite,
+    or g^2 < 0, or alpha/sigma is below float32's resolution, where x_t holds no data to rounding
+    and f is a quotient of rounding errors (a cosine path's alpha(1) = cos(pi/2) = 6e-17, f = -2.6e16)."""
+    t = times.to(torch.float64)
+    c, f, g2 = process.coefficients(t), process.drift_coef(t), process.diffusion_sq(t)
+    bad = ~(torch.isfinite(f) & torch.isfinite(g2) & (g2 >= 0)) | (c.alpha < torch.finfo(torch.float32).eps * c.sigma)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise refuse(sampler, process, f"its reverse SDE is not finite at t = {float(t[i]):.6g} (alpha = "
+                                       f"{float(c.alpha[i]):.3g}, f = alpha'/alpha = {float(f[i]):.3g}, "
+                                       f"g^2 = {float(g2[i]):.3g}); use ode, ddim or dpmpp_2m")
+
+
+def check_transitions(sampler: str, process: GaussianPath, times: Tensor) -> None:
+    """Refuse a grid (decreasing times) where a step's transition variance is not finite and >= 0."""
+    t = times.to(torch.float64)
+    var = process.transition_variance(t[:-1], t[1:])
+    bad = ~(torch.isfinite(var) & (var >= 0))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise refuse(sampler, process, f"the variance of q(x_t | x_s) is {float(var[i]):.3g} for the step from "
+                                       f"t = {float(t[i]):.6g} to s = {float(t[i + 1]):.6g}")
+
+
+def to_data(net: CountingModel, x: Tensor, t: float) -> Tensor:
+    """The last step, from time ``t`` to alpha = 1: the predicted x0 (DDPM's, DDIM's and EDM's
+    final step; the posterior mean of q(x_0 | x_t, x0) is x0 itself)."""
+    return net.denoise(x, full_time(t, x)).x0
 
 
 def full_time(t: float, x: Tensor) -> Tensor:

@@ -13,26 +13,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from genflow.samplers.ode import FIXED_GRID_METHODS
-
-# ode: with a fixed-grid method only
-GRAPH_SAMPLERS = ("ddim", "ddpm", "euler_maruyama", "pc", "dpmpp_2m", "dpmpp_3m", "heun", "ode")
 
 
-def fixed_step(sampler: str, method: str | None = None) -> bool:
-    """Whether ``sampler`` calls the net on a grid fixed in advance (the same calls for any batch):
-    every sampler here but the ode sampler with an adaptive method."""
-    return sampler in GRAPH_SAMPLERS and (sampler != "ode" or method in FIXED_GRID_METHODS)
-
-
-def check_graphable(sampler: str, device: torch.device | str, method: str | None = None) -> None:
-    """Refuse, in one line, a CUDA graph for an adaptive sampler or off a CUDA device."""
-    if not fixed_step(sampler, method):
-        if sampler == "ode":
-            raise ValueError(f"CUDA graphs take the ode sampler with a fixed-grid method "
-                             f"({', '.join(FIXED_GRID_METHODS)}); "
-                             f"{method!r} is adaptive (its step control syncs with the host every step)")
-        raise ValueError(f"CUDA graphs take the fixed-step samplers {', '.join(GRAPH_SAMPLERS)}; got {sampler!r}")
+def check_graphable(sampler, device: torch.device | str) -> None:
+    """Refuse, in one line, a CUDA graph for a sampler (a built ``Sampler``) whose network calls are
+    not fixed in advance (``fixed_step``; the ode sampler with an adaptive method), or off a CUDA device."""
+    if not sampler.fixed_step:
+        raise ValueError(f"CUDA graphs take fixed-step samplers; {sampler!r} is adaptive (its step control "
+                         "syncs with the host every step)")
     if torch.device(device).type != "cuda":
         raise ValueError(f"CUDA graphs need a CUDA device; got {str(device)!r}")
 

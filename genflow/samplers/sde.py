@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from genflow.processes.base import GaussianPath
-from genflow.samplers.common import CountingModel, NoiseSource, check_steps, full_time, refuse
-from genflow.utils import append_dims, check_choice
+from genflow.samplers.base import Sampler, option
+from genflow.samplers.common import (CountingModel, NoiseSource, check_reverse_sde, check_steps, check_transitions,
+                                     full_time, refuse, to_data)
+from genflow.utils import append_dims
 
 
 def sde_grid(process: GaussianPath, steps: int) -> Tensor:
@@ -39,7 +42,7 @@ def reverse_diffusion_step(net: CountingModel, process, x: Tensor, t: float, s: 
     hub = net.denoise(x, tt)
     ct, cs = process.coefficients(tt), process.coefficients(ss)
     ratio = append_dims(ct.alpha / cs.alpha, x.ndim)
-    g2 = append_dims(ct.sigma**2 - (ct.alpha / cs.alpha) ** 2 * cs.sigma**2, x.ndim)
+    g2 = append_dims(process.transition_variance(tt, ss), x.ndim)
     score = -hub.eps / append_dims(ct.sigma, x.ndim)
     return (2 - ratio) * x + g2 * score + g2.sqrt() * noise.randn(x.shape[1:])
 
@@ -60,47 +63,53 @@ def langevin_step(net: CountingModel, process, x: Tensor, t: float, s: float, sn
 
 
 @dataclass(frozen=True)
-class EulerMaruyama:
+class EulerMaruyama(Sampler):
     """Euler-Maruyama on the reverse-time SDE; ``steps`` evaluations plus one final denoising."""
 
-    steps: int = 1000
-    denoise: bool = True
+    name: ClassVar[str] = "euler_maruyama"
+    steps: int = option(1000, "sampler steps", min=1)
+    denoise: bool = option(True, "end on the predicted x0 (one NFE) instead of the grid's last noise level")
 
     def check(self, process: GaussianPath) -> None:
-        _check_diffusion("euler_maruyama", process)
-        sde_grid(process, self.steps)
+        _check_diffusion(self.name, process)
+        check_reverse_sde(self.name, process, sde_grid(process, self.steps)[:-1])
 
     def __call__(self, net: CountingModel, process, x: Tensor, noise: NoiseSource, progress) -> Tensor:
         grid = sde_grid(process, self.steps).tolist()
         for i in progress(range(self.steps)):
             x = euler_maruyama_step(net, process, x, grid[i], grid[i + 1], noise)
-        return net.denoise(x, full_time(grid[-1], x)).x0 if self.denoise else x
+        return to_data(net, x, grid[-1]) if self.denoise else x
+
+
+PREDICTORS = {"reverse_diffusion": reverse_diffusion_step, "euler_maruyama": euler_maruyama_step}
 
 
 @dataclass(frozen=True)
-class PredictorCorrector:
+class PredictorCorrector(Sampler):
     """Predictor-corrector (Song et al. Alg. 2-3): per step, ``corrector_steps`` Langevin moves at t,
     then a reverse-diffusion or Euler-Maruyama predictor step to the next time."""
 
-    steps: int = 1000
-    snr: float = 0.16
-    corrector_steps: int = 1
-    predictor: str = "reverse_diffusion"
-    denoise: bool = True
+    name: ClassVar[str] = "pc"
+    steps: int = option(1000, "sampler steps", min=1)
+    snr: float = option(0.16, "Langevin corrector signal-to-noise ratio", above=0)
+    corrector_steps: int = option(1, "Langevin moves per step", min=0)
+    predictor: str = option("reverse_diffusion", "predictor step", choices=tuple(PREDICTORS))
+    denoise: bool = option(True, "end on the predicted x0 (one NFE) instead of the grid's last noise level")
 
     def check(self, process: GaussianPath) -> None:
-        _check_diffusion("pc", process)
-        check_choice(self.predictor, ("reverse_diffusion", "euler_maruyama"), "predictor")
-        if self.snr <= 0 or self.corrector_steps < 0:
-            raise ValueError(f"need snr > 0 and corrector_steps >= 0; got {self.snr}, {self.corrector_steps}")
-        sde_grid(process, self.steps)
+        _check_diffusion(self.name, process)
+        grid = sde_grid(process, self.steps)
+        if self.predictor == "euler_maruyama":
+            check_reverse_sde(self.name, process, grid[:-1])
+        else:
+            check_transitions(self.name, process, grid)
 
     def __call__(self, net: CountingModel, process, x: Tensor, noise: NoiseSource, progress) -> Tensor:
         grid = sde_grid(process, self.steps).tolist()
-        predict = reverse_diffusion_step if self.predictor == "reverse_diffusion" else euler_maruyama_step
+        predict = PREDICTORS[self.predictor]
         for i in progress(range(self.steps)):
             t, s = grid[i], grid[i + 1]
             for _ in range(self.corrector_steps):
                 x = langevin_step(net, process, x, t, s, self.snr, noise)
             x = predict(net, process, x, t, s, noise)
-        return net.denoise(x, full_time(grid[-1], x)).x0 if self.denoise else x
+        return to_data(net, x, grid[-1]) if self.denoise else x

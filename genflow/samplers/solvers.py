@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from genflow.processes.base import GaussianPath
-from genflow.samplers.common import CountingModel, NoiseSource, check_steps, full_time
+from genflow.samplers.base import Sampler, option
+from genflow.samplers.common import CountingModel, NoiseSource, check_steps, full_time, to_data
 from genflow.utils import check_choice
 
 #: ``logsnr``: uniform in log-SNR (DPM-Solver's choice); ``karras``: EDM eq. 5 with ``rho``;
 #: ``time``: uniform in the process's own time.
 SCHEDULES = ("logsnr", "karras", "time")
+SCHEDULE_DOC = "noise levels: logsnr (uniform in log-SNR), karras (EDM's rho schedule) or time (uniform in time)"
 #: EDM's noise range (for data in [-1, 1]), clipped to the path's own.
 DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX = 0.002, 80.0
 
@@ -114,13 +117,15 @@ def noise_grid(process: GaussianPath, steps: int, schedule: str = "logsnr", *, r
 
 
 @dataclass(frozen=True)
-class _GridOptions:
-    steps: int = 20
-    schedule: str = "logsnr"
-    rho: float = 7.0
-    sigma_min: float | None = None
-    sigma_max: float | None = None
-    denoise: bool = True
+class _GridOptions(Sampler):
+    steps: int = option(20, "sampler steps", min=1)
+    schedule: str = option("logsnr", SCHEDULE_DOC, choices=SCHEDULES)
+    rho: float = option(7.0, "the karras schedule's rho (EDM: 7)", above=0)
+    sigma_min: float | None = option(None, "lowest noise level sigma/alpha of the grid (default max(path's, "
+                                     "0.002))", kind=float, above=0, optional=True)
+    sigma_max: float | None = option(None, "highest level of the grid's schedule (default min(path's, 80)); "
+                                     "above it one step jumps", kind=float, above=0, optional=True)
+    denoise: bool = option(True, "end on the predicted x0 (one NFE) instead of the grid's last noise level")
 
     def grid(self, process: GaussianPath) -> NoiseGrid:
         return noise_grid(process, self.steps, self.schedule, rho=self.rho, sigma_min=self.sigma_min,
@@ -149,18 +154,17 @@ class DPMSolverPP2M(_GridOptions):
     D = x0_t: the second-order D has r = 0 there. NFE = ``steps``.
     """
 
+    name: ClassVar[str] = "dpmpp_2m"
     #: How many past x0 predictions a step uses (2: this class; 3: ``DPMSolverPP3M``).
-    order = 2
+    order: ClassVar[int] = 2
 
     def __call__(self, net: CountingModel, process: GaussianPath, x: Tensor, noise: NoiseSource, progress) -> Tensor:
         grid = self.grid(process)
         alpha, sigma = _coefficients(process, grid.times)
         lam = [0.5 * v for v in grid.log_snrs]
         history: list[Tensor] = []  # x0 predictions at the grid times so far, newest last
-        for i in progress(range(grid.steps)):
+        for i in progress(range(len(grid.times) - 1)):
             history = [*history[-(self.order - 1):], net.denoise(x, full_time(grid.times[i], x)).x0]
-            if i == len(grid.times) - 1:
-                return history[-1]  # the step to s = 0
             # alpha_s (1 - e^-h) = alpha_s - alpha_t sigma_s / sigma_t: finite at a flow's alpha_t = 0
             ratio = sigma[i + 1] / sigma[i]
             x = ratio * x + (alpha[i + 1] - alpha[i] * ratio) * history[-1]
@@ -169,7 +173,7 @@ class DPMSolverPP2M(_GridOptions):
             usable = next((k for k, h in enumerate(past) if not math.isfinite(h)), len(past))
             x = x + alpha[i + 1] * self.correction(history[len(history) - 1 - usable:], past[:usable],
                                                     lam[i + 1] - lam[i])
-        return x
+        return to_data(net, x, grid.times[-1]) if grid.to_data else x  # the step to s = 0
 
     @staticmethod
     def correction(x0s: list[Tensor], past: list[float], h: float) -> Tensor | float:
@@ -203,7 +207,8 @@ class DPMSolverPP3M(DPMSolverPP2M):
     D2 = 2 (D1_0 - D1_1)/(r0 + r1): the fitted order on the exact single-Gaussian ODE is 3.0-3.2
     (tests/test_solvers.py)."""
 
-    order = 3
+    name: ClassVar[str] = "dpmpp_3m"
+    order: ClassVar[int] = 3
 
 
 @dataclass(frozen=True)
@@ -223,41 +228,46 @@ class Heun(_GridOptions):
     fresh noise scaled by ``s_noise``.
     """
 
-    steps: int = 18
-    schedule: str = "karras"
-    s_churn: float = 0.0
-    s_tmin: float = 0.0
-    s_tmax: float = math.inf
-    s_noise: float = 1.0
+    name: ClassVar[str] = "heun"
+    steps: int = option(18, "sampler steps", min=1)
+    schedule: str = option("karras", SCHEDULE_DOC, choices=SCHEDULES)
+    s_churn: float = option(0.0, "EDM's stochastic churn (0: deterministic)", min=0)
+    s_tmin: float = option(0.0, "churn only at noise levels >= s_tmin", min=0)
+    s_tmax: float = option(math.inf, "churn only at noise levels <= s_tmax", min=0, infinite=True)
+    s_noise: float = option(1.0, "scale of the churn's fresh noise (EDM: 1.0 to 1.007)", min=0)
 
     def check(self, process: GaussianPath) -> None:
         super().check(process)
-        ok = all(math.isfinite(v) and v >= 0 for v in (self.s_churn, self.s_noise, self.s_tmin))
-        if not (ok and self.s_tmax >= self.s_tmin):  # a NaN s_tmax fails the comparison too
-            raise ValueError("need finite s_churn >= 0, s_noise >= 0 and 0 <= s_tmin <= s_tmax (s_tmax may be inf); "
-                             f"got {self.s_churn}, {self.s_noise}, {self.s_tmin}, {self.s_tmax}")
+        if not self.s_tmax >= self.s_tmin:
+            raise ValueError(f"sampler 'heun': need s_tmin <= s_tmax; got {self.s_tmin}, {self.s_tmax}")
 
     def __call__(self, net: CountingModel, process: GaussianPath, x: Tensor, noise: NoiseSource, progress) -> Tensor:
         grid = self.grid(process)
         alpha, _ = _coefficients(process, grid.times)
-        top = grid.sigmas[0]
-        gamma = min(self.s_churn / self.steps, math.sqrt(2) - 1)
-        for i in progress(range(grid.steps)):
-            t, s_t, a_t = grid.times[i], grid.sigmas[i], alpha[i]
-            if gamma > 0 and math.isfinite(s_t) and self.s_tmin <= s_t <= self.s_tmax:
-                s_hat = min(s_t * (1 + gamma), top)
-                t = time_at_sigma(process, s_hat)
-                a_hat = float(process.coefficients(torch.tensor([t], dtype=torch.float64)).alpha)
-                bump = math.sqrt(max(s_hat**2 - s_t**2, 0.0)) * self.s_noise
-                x = a_hat * (x / a_t + bump * noise.randn(x.shape[1:]))
-                s_t = s_hat
+        for i in progress(range(len(grid.times) - 1)):
+            t, s_t, x = self.churn(process, grid, alpha, i, x, noise)
             hub = net.denoise(x, full_time(t, x))
-            if i == len(grid.times) - 1:
-                return hub.x0  # Euler to s = 0
             s_next, a_next = grid.sigmas[i + 1], alpha[i + 1]
             scaled = hub.x0 + s_next * hub.eps  # Euler in s: x/alpha + (s_next - s_t) eps
             if not (i == 0 and grid.jump):
                 eps_next = net.denoise(a_next * scaled, full_time(grid.times[i + 1], x)).eps
                 scaled = scaled + 0.5 * (s_next - s_t) * (eps_next - hub.eps)
             x = a_next * scaled
-        return x
+        if not grid.to_data:
+            return x
+        t, _, x = self.churn(process, grid, alpha, len(grid.times) - 1, x, noise)
+        return to_data(net, x, t)  # Euler to s = 0
+
+    def churn(self, process: GaussianPath, grid: NoiseGrid, alpha: list[float], i: int, x: Tensor,
+              noise: NoiseSource) -> tuple[float, float, Tensor]:
+        """Alg. 2's noise before step ``i``: the raised time, its level s_hat and x there (as given
+        where there is no churn)."""
+        t, s_t = grid.times[i], grid.sigmas[i]
+        gamma = min(self.s_churn / self.steps, math.sqrt(2) - 1)
+        if not (gamma > 0 and math.isfinite(s_t) and self.s_tmin <= s_t <= self.s_tmax):
+            return t, s_t, x
+        s_hat = min(s_t * (1 + gamma), grid.sigmas[0])
+        t = time_at_sigma(process, s_hat)
+        a_hat = float(process.coefficients(torch.tensor([t], dtype=torch.float64)).alpha)
+        bump = math.sqrt(max(s_hat**2 - s_t**2, 0.0)) * self.s_noise
+        return t, s_hat, a_hat * (x / alpha[i] + bump * noise.randn(x.shape[1:]))

@@ -322,8 +322,12 @@ class Trainer:
         shape = (self.tc.num_samples, *self.data.shape)
         classes = self.classes  # a conditional net: slot i shows class i % classes, one per column
         cond = {"y": torch.arange(shape[0], device=self.device) % classes} if classes else {}
-        out = samplers.sample(self.ema.model, self.process, sampler=options.pop("name"), shape=shape, cond=cond,
-                              device=self.device, generator=torch.Generator().manual_seed(self.tc.seed), **options)
+        try:
+            out = samplers.sample(self.ema.model, self.process, sampler=options.pop("name"), shape=shape, cond=cond,
+                                  device=self.device, generator=torch.Generator().manual_seed(self.tc.seed), **options)
+        except samplers.NonFiniteSamples as err:  # a preview: training goes on (the loss has its own NaN guard)
+            print(f"genflow-train: warning: step {self.step}: no sample grid: {err}", file=sys.stderr)
+            return None
         path = self.run_dir / "samples" / f"step_{self.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         if len(self.data.shape) == 3:
