@@ -172,13 +172,13 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     def resume(self) -> bool:
-        """Load the newest loadable checkpoint when the run folder has one (``last.pt`` unless it is
-        damaged or older than a step file; said in one line); refuse one made for another model."""
+        """Load the newest loadable checkpoint when the run folder has one: ``last.pt``, or (said in
+        one line) a step file when ``last.pt`` is damaged or older; refuse one made for another model."""
         found = checkpoint.newest(self.ckpt_dir, map_location="cpu")  # load_state_dict moves weights
         if found is None:
             return False
         path, state, why = found
-        if self.dist.main:
+        if self.dist.main and why:
             print(f"genflow-train: resuming from {path} (step {state['step']}){': ' + why if why else ''}",
                   file=sys.stderr, flush=True)
         for key in ("process", "model", "data"):
