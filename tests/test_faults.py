@@ -3,10 +3,12 @@
 with the right exit status (2 usage, 1 failure), exactly one line on stderr naming what was wrong,
 no traceback, and nothing damaged on disk.
 
-The subprocesses (~3 s each, mostly importing torch) run concurrently in one module fixture; each
-test then checks its own case. Full disk and kill -9 mid-write are simulated inside the real
-command by a patched ``torch.save`` (a short ``-c`` bootstrap), so they happen at the same place
-every time; ``scripts/bench_faults.py`` also fills a real tmpfs.
+The cases run once, in one module fixture, as processes forked from one process that imported
+torch (see ``ZYGOTE``; two also run in a fresh interpreter); each test then checks its own.
+Full disk and kill -9 mid-write are simulated inside the real command by a patched ``torch.save``,
+so they happen at the same place every time; ``scripts/bench_faults.py`` also fills a real tmpfs
+and kills a run at random moments. A read-only folder is a read-only tmpfs when run as root (the
+cases skip where it cannot be mounted), a chmod 555 folder otherwise.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ def child(job):
 
 for line in sys.stdin:
     job = json.loads(line)
+    if job is None:  # close: not EOF, which a forked process holding the pipe would delay
+        break
     pid = os.fork()
     if pid == 0:
         child(job)
@@ -110,8 +114,13 @@ class Zygote:
         return subprocess.CompletedProcess([module, *args], code, out.read_text(), err.read_text())
 
     def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        try:
+            self.proc.stdin.write("null\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        finally:
+            self.proc.kill()  # a no-op once it has exited
+            self.proc.stdout.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,13 +263,15 @@ def run_case(case: Case, tmp: Path, paths: dict, zygote: Zygote) -> dict:
 def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
     paths = _paths(tmp)
-    zygote = Zygote(env(tmp))
     try:
-        done = {case: run_case(case, tmp, paths, zygote) for case in CASES}
-        done["kill -9"] = kill_mid_write(tmp, paths, zygote)
-        yield {"paths": paths, "tmp": tmp, **done}
+        zygote = Zygote(env(tmp))
+        try:
+            done = {case: run_case(case, tmp, paths, zygote) for case in CASES}
+            done["kill -9"] = kill_mid_write(tmp, paths, zygote)
+            yield {"paths": paths, "tmp": tmp, **done}
+        finally:
+            zygote.close()
     finally:
-        zygote.close()
         if paths["readonly"] is not None and os.geteuid() == 0:
             subprocess.run(["umount", str(paths["readonly"])], capture_output=True)
 
@@ -376,9 +387,9 @@ def test_eval_nll_reports_its_nfe(tmp_path, capsys):
     assert "nll" in captured.err  # the progress bar over the 3 batches
 
 
-@pytest.mark.parametrize("name", ["grad_clip=nan", "out is a file", "sw on NaN samples"])
+@pytest.mark.parametrize("name", ["grad_clip=nan", "sw on NaN samples"])
 def test_a_fresh_interpreter_gives_the_same_answer(results, name):
-    """``python -m ...`` as a user types it, for one case of each command: what the forked one said."""
+    """``python -m ...`` as a user types it (genflow-train; genflow-eval, whose error handling genflow-sample shares): what the forked one said."""
     case = case_named(name)
     home = results["tmp"] / "fresh" / folder_name(name)
     shutil.copytree(results["paths"]["good"], home / "run")
@@ -388,3 +399,22 @@ def test_a_fresh_interpreter_gives_the_same_answer(results, name):
     forked = results[case]["done"]
     assert (done.returncode, err_lines(done)) == (forked.returncode, [line.replace(str(results[case]["home"]), str(home))
                                                                       for line in err_lines(forked)])
+
+
+def test_an_unreadable_image_in_a_loader_worker_is_named_in_one_line(results):
+    """torch re-raises a worker's error as 'Caught ... in DataLoader worker process 0' with the
+    worker's traceback in the message; one_line keeps the original error's own line."""
+    from torch.utils.data import DataLoader
+
+    from genflow import data
+    from genflow.data.images import UnreadableImage
+    from genflow.utils import one_line
+
+    images = results["paths"]["images"]
+    built = data.build({"name": "folder", "root": str(images), "image_size": 8, "channels": 1})
+    batches = iter(DataLoader(built.train, batch_size=2, num_workers=1))
+    with pytest.raises(UnreadableImage) as err:
+        next(batches)
+    del batches  # the worker goes
+    assert "Original Traceback" in str(err.value)
+    assert one_line(err.value).startswith(f"cannot read image {images / 'bad.jpg'}: cannot identify image file")
