@@ -143,7 +143,7 @@ class UnreadableFile(ValueError):
         self.unsafe = unsafe
 
     def refusal(self, path: Path, what: str) -> str:
-        """One line: ``refusing to load PATH: ...`` or ``cannot read WHAT PATH (truncated or not a torch file): ...``."""
+        """``refusing to load PATH: ...`` or ``cannot read WHAT PATH (truncated or not a torch file): ...``."""
         if self.unsafe:
             return f"refusing to load {path}: {self}"
         return f"cannot read {what}{path} (truncated or not a torch file): {self}"

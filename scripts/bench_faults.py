@@ -106,7 +106,8 @@ def sigterm(tmp: Path) -> dict:
     proc.communicate()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     done = max((r["step"] for r in rows if "loss" in r), default=0)
-    saved = checkpoint.load(run / "checkpoints" / "last.pt")["step"] if (run / "checkpoints" / "last.pt").exists() else 0
+    last = run / "checkpoints" / "last.pt"
+    saved = checkpoint.load(last)["step"] if last.exists() else 0
     return {"rc": proc.returncode, "steps_done": done, "saved": saved, "lost": done - saved, "temps": len(temps(run))}
 
 
@@ -160,9 +161,9 @@ def main() -> None:
     print(f"| bad inputs (tests/test_faults.py's table) | {tried} | {refused} clean one-line refusals; not clean: "
           f"{'; '.join(not_clean) or 'none'} |")
     print(f"| kill -9 at random moments, restarted each time | {killed['kills']} | temp files left by the kills: "
-          f"{killed['temp_after_kill']}, after the next start: {killed['temp_after_start']} (removal lines at the restarts: "
-          f"{killed['removal_lines']}); finished (exit {killed['rc']}) {'bitwise equal to' if killed['exact'] else 'DIFFERENT from'} "
-          f"an uninterrupted run |")
+          f"{killed['temp_after_kill']}, after the next start: {killed['temp_after_start']} (removal lines at "
+          f"the restarts: {killed['removal_lines']}); finished (exit {killed['rc']}) "
+          f"{'bitwise equal to' if killed['exact'] else 'DIFFERENT from'} an uninterrupted run |")
     print(f"| SIGTERM after 10 s (ckpt_every=25) | 1 | exit {term['rc']}; {term['steps_done']} steps done, last "
           f"checkpoint at step {term['saved']}: {term['lost']} steps lost; temp files {term['temps']} |")
     print(f"| full disk during a checkpoint write, {disk['how']} | 1 | exit {disk['rc']}, {disk['lines']} line(s) "

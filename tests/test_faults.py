@@ -105,7 +105,8 @@ class Zygote:
         self.lock = threading.Lock()
 
     def run(self, module: str, args: list[str], cwd: Path, boot: str | None = None) -> subprocess.CompletedProcess:
-        out, err = cwd / f".stdout-{len(list(cwd.glob('.stdout-*')))}", cwd / f".stderr-{len(list(cwd.glob('.stderr-*')))}"
+        n = len(list(cwd.glob(".stdout-*")))
+        out, err = cwd / f".stdout-{n}", cwd / f".stderr-{n}"
         job = {"module": module, "args": args, "cwd": str(cwd), "boot": boot, "stdout": str(out), "stderr": str(err)}
         with self.lock:
             self.proc.stdin.write(json.dumps(job) + "\n")
@@ -159,7 +160,8 @@ CASES = [
     Case("run_dir empty", TRAIN, (*TOY, "run_dir="), 2, ("run_dir is empty; give a folder path",)),
     Case("run_dir a file", TRAIN, (*TOY, "run_dir={file}"), 1, ("run_dir {file} is a file; give a folder",)),
     Case("run_dir under a file", TRAIN, (*TOY, "run_dir={file}/run"), 1, ("lies under the file {file}",)),
-    Case("run_dir read-only", TRAIN, (*TOY, "run_dir={readonly}/run"), 1, ("run_dir {readonly}/run cannot be written",)),
+    Case("run_dir read-only", TRAIN, (*TOY, "run_dir={readonly}/run"), 1,
+         ("run_dir {readonly}/run cannot be written",)),
     Case("data.root missing", TRAIN, ("data=folder", "run_dir={run}"), 2,
          ("data.root must be given (the config marks it ???); pass data.root=VALUE",)),
     Case("corrupt image", TRAIN, ("data=folder", "data.root={images}", "data.image_size=8", "data.channels=1",
@@ -179,7 +181,8 @@ CASES = [
     sample("out is a file", "--out", "{file}", code=1, says=("--out {file} is a file; give a folder",)),
     sample("out read-only", "--out", "{readonly}/s", code=1, says=("--out {readonly}/s cannot be written",)),
     Case("random bytes as ckpt", SAMPLE, ("--ckpt", "{random}", "--out", "{out}"), 1,
-         ("cannot read checkpoint {random} (truncated or not a torch file): it is neither a zip archive nor a pickle",)),
+         ("cannot read checkpoint {random} (truncated or not a torch file): it is neither a zip archive nor a "
+          "pickle",)),
     Case("png as ckpt", SAMPLE, ("--ckpt", "{png}", "--out", "{out}"), 1,
          ("cannot read checkpoint {png} (truncated or not a torch file)",)),
     Case("weights that do not fit", SAMPLE, ("--ckpt", "{misfit}", "--out", "{out}", "--no-progress"), 1,
@@ -389,7 +392,8 @@ def test_eval_nll_reports_its_nfe(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["grad_clip=nan", "sw on NaN samples"])
 def test_a_fresh_interpreter_gives_the_same_answer(results, name):
-    """``python -m ...`` as a user types it (genflow-train; genflow-eval, whose error handling genflow-sample shares): what the forked one said."""
+    """``python -m ...`` as a user types it (genflow-train; genflow-eval, whose error handling
+    genflow-sample shares): what the forked process said."""
     case = case_named(name)
     home = results["tmp"] / "fresh" / folder_name(name)
     shutil.copytree(results["paths"]["good"], home / "run")
@@ -397,8 +401,8 @@ def test_a_fresh_interpreter_gives_the_same_answer(results, name):
     done = subprocess.run([sys.executable, "-m", case.module, *args], cwd=home, env=env(results["tmp"]),
                           capture_output=True, text=True, timeout=300)
     forked = results[case]["done"]
-    assert (done.returncode, err_lines(done)) == (forked.returncode, [line.replace(str(results[case]["home"]), str(home))
-                                                                      for line in err_lines(forked)])
+    said = [line.replace(str(results[case]["home"]), str(home)) for line in err_lines(forked)]
+    assert (done.returncode, err_lines(done)) == (forked.returncode, said)
 
 
 def test_an_unreadable_image_in_a_loader_worker_is_named_in_one_line(results):

@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--split", default="test", choices=["train", "test"], help="the data split (default: test)")
         c.add_argument("--num", type=int, default=None, help="examples of the split to use (default: all)")
         c.add_argument("--seed", type=int, default=0,
-                       help="seed of the random draws, >= 0 (nll: dequantization and Hutchinson probes; sw: directions)")
+                       help="seed of the random draws, >= 0 (nll: dequantization and Hutchinson probes; "
+                            "sw: directions)")
         if name == "nll":
             c.add_argument("--draws", type=int, default=1, help="dequantization draws per image")
             c.add_argument("--exact", action="store_true", help="exact trace instead of Hutchinson's estimate")

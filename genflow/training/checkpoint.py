@@ -50,7 +50,8 @@ def save(state: dict, folder: str | os.PathLike, *, keep: int = 3) -> Path:
     bad = non_finite({k: state[k] for k in ("model", "ema") if k in state})
     if bad:
         raise CheckpointError(f"not saving step {state['step']}: its weights are not finite (NaN or inf in "
-                              f"{len(bad)} tensor(s), e.g. {bad[0]}); the last good checkpoint stays {folder / 'last.pt'}")
+                              f"{len(bad)} tensor(s), e.g. {bad[0]}); the last good checkpoint stays "
+                              f"{folder / 'last.pt'}")
     folder.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, **state}
     path = folder / f"step_{int(state['step']):07d}.pt"
