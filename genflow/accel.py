@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from genflow.utils import error_line
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -95,8 +97,7 @@ class Compiled(nn.Module):
 
     def _fall_back(self, err: BaseException) -> None:
         err = getattr(err, "inner_exception", None) or err  # dynamo's BackendCompilerFailed wraps the cause
-        lines = str(err).strip().splitlines()
-        reason = f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
+        reason = error_line(err, 200)
         self.eager_reason = reason
         print(f"genflow: torch.compile is not available here ({reason}); running eager", file=sys.stderr,
               flush=True)

@@ -39,18 +39,19 @@ Denoiser = Callable[[Tensor, Tensor], Denoised]
 
 
 # --------------------------------------------------------------------------- solver settings
-def check_method(method: str) -> None:
-    check_choice(method, FIXED_GRID_METHODS + ADAPTIVE_METHODS, "method")
+def check_method(method: str, what: str = "method") -> None:
+    check_choice(method, FIXED_GRID_METHODS + ADAPTIVE_METHODS, what)
 
 
-def check_solver(method: str, *, rtol: float, atol: float, steps: int) -> None:
-    """One line for any bad setting: a known method, finite tolerances > 0 and an integer steps >= 1."""
-    check_method(method)
+def check_solver(method: str, *, rtol: float, atol: float, steps: int, prefix: str = "") -> None:
+    """One line for any bad setting: a known method, finite tolerances > 0 and an integer steps >= 1.
+    ``prefix`` goes before each name (``"--"`` names command-line flags)."""
+    check_method(method, f"{prefix}method")
     for name, value in (("rtol", rtol), ("atol", atol)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a finite number > 0; got {value!r}")
+            raise ValueError(f"{prefix}{name} must be a finite number > 0; got {value!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps (of a fixed-grid method) must be an integer >= 1; got {steps!r}")
+        raise ValueError(f"{prefix}steps (of a fixed-grid method) must be an integer >= 1; got {steps!r}")
 
 
 def solver_grid(x: Tensor, t0: float, t1: float, *, method: str, steps: int,

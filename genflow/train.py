@@ -16,10 +16,26 @@ Hydra overrides of configs/config.yaml (or $GENFLOW_CONFIG_DIR/config.yaml). Gro
 {groups}
 Nets (model.name): {nets}.
 A package's own model/NAME.yaml: 'hydra.searchpath=[pkg://PACKAGE.CONFIGS]' model=NAME.
-Common keys: trainer.steps trainer.batch_size (global) trainer.lr trainer.ckpt_every
-trainer.sample_every trainer.precision (fp32|bf16|fp16) trainer.compile trainer.channels_last trainer.seed run_dir=PATH.
-Running the same command again resumes from RUN_DIR/checkpoints/last.pt.
-Under torchrun every worker runs this; all share one run folder and only rank 0 writes."""
+Trainer keys (trainer.KEY=VALUE; default):
+{trainer}
+run_dir=PATH (default runs/<data>-<process>-<model>). Every float must be finite.
+Running the same command again resumes from the newest loadable checkpoint in RUN_DIR/checkpoints/
+(last.pt, or a newer step file) and removes temporary files of a writer killed mid-write.
+GENFLOW_CONFIG_DIR=PATH composes another configs folder (default: the checkout's configs/, else the installed copy).
+Under torchrun every worker runs this; all share one run folder and only rank 0 writes.
+Exit status: 0 done, 2 bad config or usage, 1 a failed run (one line on stderr)."""
+
+
+def trainer_keys(width: int = 100) -> str:
+    """Every trainer option with its default, wrapped: generated, so --help never misses one."""
+    import dataclasses
+    import textwrap
+
+    from genflow.training.config import TrainerConfig
+
+    items = [f"{f.name}={getattr(TrainerConfig(), f.name)}" for f in dataclasses.fields(TrainerConfig)]
+    return textwrap.fill("  ".join(items), width, initial_indent="  ", subsequent_indent="  ",
+                         break_on_hyphens=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,31 +51,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"genflow-train: error: {err}", file=sys.stderr)
             return 2
         groups = "\n".join(f"  {g}: {', '.join(group_options(g, extra=extra))}" for g in GROUPS)
-        print(USAGE.format(groups=groups, nets=nets.names()))
+        print(USAGE.format(groups=groups, nets=nets.names(), trainer=trainer_keys()))
         return 0
     flags = [a for a in argv if a.startswith("-")]
     if flags:
         print(f"genflow-train: error: unknown flag {flags[0]!r}; pass Hydra overrides KEY=VALUE (see --help)",
               file=sys.stderr)
         return 2
+    from genflow.data.images import UnreadableImage
     from genflow.training import checkpoint, distributed
     from genflow.training.trainer import Trainer, TrainingError
+    from genflow.utils import OutputError, one_line
 
     try:  # everything that can be wrong with the input shows here, before any training
         trainer = Trainer(compose(argv))
+    except OutputError as err:  # a run folder that cannot be written
+        return _fail(one_line(err), 1, distributed)
     except (ConfigError, ValueError, TypeError, FileNotFoundError) as err:
-        print(f"genflow-train: error: {err}", file=sys.stderr)
-        distributed.cleanup(wait=False)
-        return 2
+        return _fail(one_line(err), 2, distributed)
     finished = False
     try:
         run_dir = trainer.fit()
         finished = True
     except ConfigError as err:  # a run folder made for another model
-        print(f"genflow-train: error: {err}", file=sys.stderr)
+        print(f"genflow-train: error: {one_line(err)}", file=sys.stderr)
         return 2
-    except (checkpoint.CheckpointError, TrainingError) as err:
-        print(f"genflow-train: error: {err}", file=sys.stderr)
+    except (checkpoint.CheckpointError, TrainingError, UnreadableImage, OSError) as err:  # OSError: a full disk
+        print(f"genflow-train: error: {one_line(err)}", file=sys.stderr)
         return 1
     finally:  # after an error leave at once: the peers may never reach the last barrier
         try:
@@ -69,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.dist.main:
         print(f"genflow-train: done, {trainer.step} steps; run folder {run_dir}")
     return 0
+
+
+def _fail(message: str, code: int, distributed) -> int:
+    print(f"genflow-train: error: {message}", file=sys.stderr)
+    distributed.cleanup(wait=False)
+    return code
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from genflow import accel
 from genflow.nets import UNet
 from genflow.processes import DDPM
 from genflow.samplers import CUDAGraphModel, run
+from genflow.utils import one_line
 
 CIFAR = dict(image_size=32, in_channels=3, channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
              attention_resolutions=(16,), dropout=0.1)
@@ -108,7 +109,7 @@ def measured(setup: Setup, row: Row, work) -> Row:
     try:
         seconds = work()
     except Exception as err:  # noqa: BLE001 (a row that cannot run says why; the table goes on)
-        row.note = f"failed: {type(err).__name__}: {str(err).strip().splitlines()[0][:80] if str(err).strip() else ''}"
+        row.note = f"failed: {type(err).__name__}: {one_line(err, 80)}"
     else:
         row.images_per_s = row.batch / seconds
         row.peak_gib = torch.cuda.max_memory_allocated(setup.device) / 2**30 if setup.cuda else None

@@ -173,7 +173,7 @@ def test_a_failed_write_never_replaces_a_good_last_checkpoint(tmp_path, monkeypa
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(checkpoint.CheckpointError, match="step_0000003.pt: disk full; the previous checkpoints are intact"):
         checkpoint.save({"step": 3, "config": {}, "model": {}}, last.parent)
     assert last.read_bytes() == good
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt", "step_0000002.pt"]  # no temporary left
@@ -219,14 +219,38 @@ class Payload:
 
 
 def test_a_corrupt_last_checkpoint_stops_the_run_and_stays(tmp_path, capsys):
+    """With no other checkpoint to fall back on (a damaged step file is passed over too)."""
     fit(tmp_path, "trainer.steps=2", "trainer.ckpt_every=2")
     last = tmp_path / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:500])
+    (tmp_path / "checkpoints" / "step_0000002.pt").write_bytes(b"PK")
     before = last.read_bytes()
     assert main(tiny(tmp_path, "trainer.steps=4")) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "cannot read checkpoint" in err
+    assert err.count("\n") == 0 and "no usable checkpoint in" in err and "cannot read checkpoint" in err, err
     assert last.read_bytes() == before
+
+
+def test_resume_takes_the_newest_loadable_checkpoint_and_says_which(tmp_path, capsys):
+    """last.pt damaged, or older than a complete step file (a kill between the two writes): the
+    step file; the run then equals an uninterrupted one."""
+    fit(tmp_path / "whole", "trainer.steps=4", "trainer.ckpt_every=2")
+    for damage in ("truncated", "older"):
+        run = tmp_path / damage
+        fit(run, "trainer.steps=2", "trainer.ckpt_every=1", "trainer.keep=0")
+        ckpt = run / "checkpoints"
+        if damage == "truncated":
+            (ckpt / "last.pt").write_bytes((ckpt / "last.pt").read_bytes()[:500])
+        else:
+            (ckpt / "last.pt").write_bytes((ckpt / "step_0000001.pt").read_bytes())
+        capsys.readouterr()
+        assert main(tiny(run, "trainer.steps=4", "trainer.ckpt_every=2")) == 0
+        err = capsys.readouterr().err.strip()
+        why = "last.pt is unusable (cannot read checkpoint" if damage == "truncated" else "last.pt is older (step 1)"
+        assert err.count("\n") == 0 and err.startswith(f"genflow-train: resuming from {ckpt / 'step_0000002.pt'} "
+                                                      f"(step 2): {why}"), err
+        ours, whole = checkpoint.load(ckpt / "last.pt"), checkpoint.load(tmp_path / "whole" / "checkpoints" / "last.pt")
+        assert ours["step"] == 4 and all(torch.equal(ours["model"][k], v) for k, v in whole["model"].items())
 
 
 @pytest.mark.parametrize(

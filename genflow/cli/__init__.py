@@ -6,9 +6,15 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from genflow.utils import one_line
+
 
 class UsageError(ValueError):
     """Bad command-line input."""
+
+
+class FailedRun(RuntimeError):
+    """A run that produced no usable result (e.g. non-finite samples or metrics): exit 1."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -24,13 +30,38 @@ def guarded(prog: str, work: Callable[[], str]) -> int:
     try:
         message = work()
     except (UsageError, ValueError, TypeError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 2
-    except (CheckpointError, FileNotFoundError, KeyError, RuntimeError) as err:
-        print(f"{prog}: error: {_first_line(err)}", file=sys.stderr)
+    except (CheckpointError, OSError, KeyError, RuntimeError) as err:  # OSError: missing, unwritable, disk full
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 1
     print(message)
     return 0
+
+
+def check_seed(seed: int) -> int:
+    if not 0 <= seed < 2**63:
+        raise UsageError(f"--seed must be in [0, 2^63); got {seed}")
+    return seed
+
+
+def check_device(name: str) -> str:
+    """``--device``: cpu, or cuda[:N] with that GPU visible; refused up front in one line, not later
+    as an unreadable checkpoint."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise UsageError(f"--device must be cpu or cuda[:N]; got {name!r}")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            visible = f"cuda:0..cuda:{count - 1}" if count else "none"
+            raise UsageError(f"--device {name}: no such CUDA device on this machine (visible: {visible}); use cpu")
+    return name
 
 
 def rebuild(state: dict, path, *, ema: bool = True, device: str = "cpu"):
@@ -46,15 +77,10 @@ def rebuild(state: dict, path, *, ema: bool = True, device: str = "cpu"):
     try:
         process, net = processes.build(cfg["process"]), nets.build(cfg["model"])
     except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: its config cannot be rebuilt: {_first_line(err)}") from None
+        raise CheckpointError(f"{path}: its config cannot be rebuilt: {one_line(err)}") from None
     try:
         net.load_state_dict(state["ema"]["model"] if ema else state["model"])
     except (KeyError, TypeError, RuntimeError) as err:
         raise CheckpointError(f"{path}: its {'EMA ' if ema else ''}weights do not fit its net: "
-                              f"{_first_line(err)}") from None
+                              f"{one_line(err)}") from None
     return process, net.to(device).eval()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

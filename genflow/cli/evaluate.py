@@ -10,7 +10,8 @@
 ``pr`` compare samples (from genflow-sample) with a data split in a feature space: Inception-v3
 pool features from a weights file you give (nothing is downloaded), else for the digits a small
 classifier trained deterministically and cached, and for vector data the vectors themselves. The
-split's statistics are cached (genflow.metrics.reference). Exit 2 for bad input, 1 for failures.
+split's statistics are cached (genflow.metrics.reference). Exit 2 for bad input, 1 for failures
+(a non-finite result among them: never reported as a number).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from genflow.cli import Parser, UsageError, guarded
-from genflow.ode import ADAPTIVE_METHODS
+from genflow.cli import FailedRun, Parser, UsageError, check_device, check_seed, guarded
+from genflow.ode import ADAPTIVE_METHODS, check_solver
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--split", default="test", choices=["train", "test"], help="the data split (default: test)")
         c.add_argument("--num", type=int, default=None, help="examples of the split to use (default: all)")
         c.add_argument("--seed", type=int, default=0,
-                       help="seed of the random draws (nll: dequantization and Hutchinson probes; sw: directions)")
+                       help="seed of the random draws, >= 0 (nll: dequantization and Hutchinson probes; "
+                            "sw: directions)")
         if name == "nll":
             c.add_argument("--draws", type=int, default=1, help="dequantization draws per image")
             c.add_argument("--exact", action="store_true", help="exact trace instead of Hutchinson's estimate")
@@ -51,8 +54,9 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance of an adaptive method")
             c.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance of an adaptive method")
             c.add_argument("--batch-size", type=int, default=500, help="examples per likelihood batch")
-            c.add_argument("--device", default="cpu", help="cpu or cuda")
+            c.add_argument("--device", default="cpu", help="cpu or cuda[:N] (a visible GPU)")
             c.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+            c.add_argument("--no-progress", action="store_true", help="no progress bar over the batches")
         else:
             c.add_argument("--samples", required=True, type=Path, help="samples.npz written by genflow-sample")
         if name in ("fd", "pr"):
@@ -61,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
                                 "or pytorch-fid's FID network pt_inception-2015-12-05-*.pth (never downloaded; "
                                 "default: the digits classifier for the digits, raw vectors for vector data)")
             c.add_argument("--batch-size", type=int, default=50, help="images per forward pass of the feature net")
-            c.add_argument("--device", default="cpu", help="device of the feature net (cpu or cuda)")
+            c.add_argument("--device", default="cpu", help="device of the feature net (cpu or cuda[:N])")
         if name == "pr":
             c.add_argument("--k", type=int, default=3, help="the k-th neighbour sets each ball's radius")
     return p
@@ -100,18 +104,29 @@ def nll(args, state: dict) -> dict:
     g = torch.Generator().manual_seed(args.seed)
     options = dict(exact_divergence=args.exact, method=args.method, rtol=args.rtol, atol=args.atol, generator=g,
                    steps=args.steps)
-    values = []
-    for part in x.split(args.batch_size):
+    values, nfe = [], []
+    calls = [0]  # network evaluations, counted on the net itself
+    hook = net.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    for part in tqdm(x.split(args.batch_size), desc="nll", unit="batch", disable=args.no_progress):
+        calls[0] = 0
         if part.ndim == 4:
             values.append(genflow.bits_per_dim(net, process, part, draws=args.draws, **options).cpu())
         else:
             values.append(-genflow.log_likelihood(net, process, part, **options).double().cpu())
+        nfe.append(calls[0])
+    hook.remove()
     v = torch.cat(values)
+    bad = int((~torch.isfinite(v)).sum())
+    if bad:
+        raise FailedRun(f"the likelihood of {bad} of {len(v)} examples is not finite (method {args.method}, "
+                        f"rtol {args.rtol}, atol {args.atol}, steps {args.steps})")
     unit = "bits/dim" if x.ndim == 4 else "nats"
     return {"metric": f"nll ({unit})", "value": v.mean().item(), "stderr": (v.std() / math.sqrt(len(v))).item(),
             "examples": len(v), "draws": args.draws if x.ndim == 4 else None,
             "trace": "exact" if args.exact else "hutchinson", "method": args.method, "rtol": args.rtol,
-            "atol": args.atol, "steps": args.steps if args.method not in ADAPTIVE_METHODS else None}
+            "atol": args.atol, "steps": args.steps if args.method not in ADAPTIVE_METHODS else None,
+            # network evaluations per integration (one batch), averaged over the batches
+            "nfe": sum(nfe) / len(nfe), "batches": len(nfe)}
 
 
 def feature_space(args, cfg: dict, images: bool):
@@ -147,6 +162,9 @@ def compare(args, state: dict) -> dict:
     if not args.samples.is_file():
         raise UsageError(f"samples file not found: {args.samples}")
     fake = torch.from_numpy(np.load(args.samples)["samples"])
+    bad = int((~torch.isfinite(fake.reshape(len(fake), -1)).all(1)).sum()) if fake.is_floating_point() else 0
+    if bad:
+        raise FailedRun(f"{bad} of {len(fake)} samples in {args.samples} hold NaN or inf; nothing to compare")
     dataset, n = split_data(cfg, args.split, args.num)
     shape = tuple(dataset[0][0].shape)
     if tuple(fake.shape[1:]) != shape:
@@ -173,9 +191,17 @@ def evaluate(argv: list[str] | None) -> str:
     from genflow.training.checkpoint import load
 
     args = parser().parse_args(argv)
+    check_seed(args.seed)
+    if hasattr(args, "device"):
+        check_device(args.device)
+    if args.command == "nll":
+        check_solver(args.method, rtol=args.rtol, atol=args.atol, steps=args.steps, prefix="--")
     state = load(args.ckpt)
     result = nll(args, state) if args.command == "nll" else compare(args, state)
-    return json.dumps({"split": args.split, **result})
+    numbers = [v for v in result.values() if isinstance(v, float)]
+    if not all(map(math.isfinite, numbers)):
+        raise FailedRun(f"{args.command} is not finite: {json.dumps(result)}")
+    return json.dumps({"split": args.split, **result}, allow_nan=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,8 @@ Writes OUT/grid.png (images) or OUT/points.png (2-D data), OUT/samples.npz and O
 A class-conditional checkpoint samples classes ``--class`` (default: sample i gets class i % num_classes)
 with classifier-free guidance weight ``--guidance`` w (Ho & Salimans: (1 + w) cond - w uncond; 0 is
 the conditional model; w > 0 runs each network evaluation on a doubled batch).
-Exit status 2 for bad input (one line on stderr), 1 when a checkpoint cannot be used or the samples
-are not finite (nothing is written then).
+Exit status 2 for bad input (one line on stderr), 1 when a checkpoint cannot be used, --out cannot be
+written or the samples are not finite (then nothing is written).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from genflow.accel import PRECISIONS
-from genflow.cli import Parser, UsageError, guarded
+from genflow.cli import FailedRun, Parser, UsageError, check_device, check_seed, guarded
+from genflow.utils import check_writable_folder
 
 def sampler_options() -> dict:
     """Every option of the registered samplers: its first declaration and the samplers that take it."""
@@ -72,8 +73,9 @@ def parser() -> argparse.ArgumentParser:
                         "(default: sample i gets class i %% num_classes)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance weight w >= 0: (1 + w) cond - w uncond (default 0: conditional)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the per-sample noise (sample i uses its own stream)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the per-sample noise, >= 0 (sample i uses its own stream)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (a visible GPU)")
     p.add_argument("--out", type=Path, default=Path("samples"),
                    help="output folder for grid.png or points.png, samples.npz and info.json")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
@@ -160,6 +162,9 @@ def run(args) -> Path:
 
     if args.num < 1 or args.batch_size < 1:
         raise UsageError("--num and --batch-size must be >= 1")
+    check_seed(args.seed)
+    check_device(args.device)
+    check_writable_folder(args.out, "--out")  # before any work, not after all the sampling
     state = load(args.ckpt, map_location=args.device)
     process, net = rebuild(state, args.ckpt, ema=not args.no_ema, device=args.device)
     settings = sampler_settings(args, state["config"]["sampler"])
@@ -202,6 +207,10 @@ def run(args) -> Path:
         nfe, factor = result.nfe, result.forward_batch_factor
     wall = time.perf_counter() - start
     x = torch.cat(batches)
+    bad = int((~torch.isfinite(x.reshape(len(x), -1)).all(1)).sum())
+    if bad:
+        raise FailedRun(f"{bad} of {len(x)} samples hold NaN or inf (sampler {settings['name']}, options "
+                        f"{options or 'default'}); nothing written to {args.out}")
     args.out.mkdir(parents=True, exist_ok=True)
     if x.ndim == 4:
         picture = args.out / "grid.png"

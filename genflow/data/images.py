@@ -17,7 +17,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from genflow.data.base import Data
 from genflow.data.digits import digits
-from genflow.utils import check_choice
+from genflow.utils import check_choice, one_line
 
 CHANNEL_MODES = {1: "L", 3: "RGB"}
 
@@ -75,6 +75,21 @@ def _cifar10_data(root: str = "data/cifar10", download: bool = False, flip: bool
     return _torchvision_data(datasets.CIFAR10, root, download, _to_unit_range(), (3, 32, 32), flip)
 
 
+class UnreadableImage(RuntimeError):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """The decoded image at ``path``; a file that is not an image, or a truncated or corrupt one,
+    raises ``UnreadableImage`` naming it."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise UnreadableImage(f"cannot read image {path}: {one_line(err, 200)}; remove or replace the file") from None
+
+
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMG_EXTENSIONS
 
@@ -90,8 +105,7 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        with Image.open(self.files[index]) as image:
-            return self.transform(image), _label(0)
+        return self.transform(load_image(self.files[index])), _label(0)
 
 
 def _class_dirs(root: Path) -> list[Path]:
@@ -103,7 +117,7 @@ def _image_folder(root: Path, transform) -> tuple[Dataset, int | None]:
     if not _class_dirs(root):
         return ImageFiles(root, transform), None
     try:
-        dataset = datasets.ImageFolder(str(root), transform=transform, target_transform=_label)
+        dataset = datasets.ImageFolder(str(root), transform=transform, target_transform=_label, loader=load_image)
     except FileNotFoundError:  # class folders without a single image
         return ImageFiles(root, transform), None
     return dataset, len(dataset.classes)

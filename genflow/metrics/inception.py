@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models import inception as tv
 
-from genflow.utils import sha256_of
+from genflow.utils import UnreadableFile, load_weights_only, sha256_of
 
 SIZE, DIMS = 299, 2048
 CLASSES = {"torchvision": 1000, "fid": 1008}  # rows of fc.weight in each kind of file
@@ -93,14 +91,9 @@ def read_state_dict(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise WeightsError(f"Inception weights file not found: {path}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise WeightsError(f"refusing to load {path}: it holds objects that weights_only loading does not allow "
-                           f"(a pickled object could run code on load): {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise WeightsError(f"cannot read {path} (truncated or not a torch file): {first}") from None
+        state = load_weights_only(path)
+    except UnreadableFile as err:
+        raise WeightsError(err.refusal(path, "")) from None
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         raise WeightsError(f"{path} is not a state dict (a flat mapping of names to tensors); give torchvision's "
                            "inception_v3_google-*.pth or pytorch-fid's pt_inception-2015-12-05-*.pth")

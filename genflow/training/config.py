@@ -8,6 +8,7 @@ are checked against the dataclasses below (types and key names).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Sequence
 from importlib import resources
@@ -18,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from genflow.accel import PRECISIONS
+from genflow.utils import one_line
 
 GROUPS = ("process", "model", "data", "sampler", "trainer")
 PRECISION_ALIASES = {"off": "fp32"}  # the name before the GPU fast path
@@ -102,8 +104,7 @@ def group_options(group: str, root: Path | None = None, extra: Sequence[Path] = 
 
 def _one_line(err: Exception) -> str:
     """Hydra's and OmegaConf's multi-line messages as one line, led by the key at fault."""
-    text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
-    text = text.split(" Set the environment variable HYDRA_FULL_ERROR")[0]
+    text = one_line(err, limit=10_000).split(" Set the environment variable HYDRA_FULL_ERROR")[0]
     message, _, rest = text.partition(" full_key: ")
     key = rest.split(" ")[0] if rest else getattr(err, "full_key", None)
     return f"{key}: {message}" if key else message
@@ -131,6 +132,10 @@ def compose(overrides: list[str], root: Path | None = None) -> dict:
         _check_group_choices(overrides, root)
         with initialize_config_dir(config_dir=str(root), version_base=None, job_name="genflow"):
             cfg = hydra_compose("config", overrides=overrides)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"{', '.join(missing)} must be given (the config marks it ???); pass "
+                              f"{missing[0]}=VALUE")
         return validate(OmegaConf.to_container(cfg, resolve=True))
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(_one_line(err)) from None
@@ -146,10 +151,22 @@ def validate(cfg: dict) -> dict:
     out["trainer"]["precision"] = PRECISION_ALIASES.get(out["trainer"]["precision"], out["trainer"]["precision"])
     trainer = TrainerConfig(**out["trainer"])
     _check_trainer(trainer)
+    if out["run_dir"] is not None and not str(out["run_dir"]).strip():
+        raise ConfigError("run_dir is empty; give a folder path, or leave it out for runs/<data>-<process>-<model>")
     return out
 
 
+def _check_finite(t: TrainerConfig) -> None:
+    """Every float option is a finite number (NaN would turn a check like ``grad_clip > 0`` off)."""
+    floats = {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.type in ("float", float)}
+    floats.update({f"betas[{i}]": b for i, b in enumerate(t.betas)})
+    bad = [f"trainer.{k}={v}" for k, v in floats.items() if not math.isfinite(v)]
+    if bad:
+        raise ConfigError(f"{', '.join(bad)}: must be a finite number")
+
+
 def _check_trainer(t: TrainerConfig) -> None:
+    _check_finite(t)
     positive = ["steps", "batch_size", "micro_batches", "log_every", "ckpt_every", "num_samples", "max_bad_steps"]
     bad = [f"trainer.{k}={getattr(t, k)}" for k in positive if getattr(t, k) < 1]
     bad += [f"trainer.{k}={getattr(t, k)}" for k in ("warmup", "sample_every", "keep", "num_workers", "grad_clip",
@@ -163,6 +180,10 @@ def _check_trainer(t: TrainerConfig) -> None:
         raise ConfigError(f"trainer.ema_decay must be in [0, 1); got {t.ema_decay}")
     if t.lr <= 0:
         raise ConfigError(f"trainer.lr must be > 0; got {t.lr}")
+    if len(t.betas) != 2 or not all(0.0 <= b < 1.0 for b in t.betas):
+        raise ConfigError(f"trainer.betas must be two numbers in [0, 1); got {t.betas}")
+    if not 0 <= t.seed < 2**31:
+        raise ConfigError(f"trainer.seed must be in [0, 2^31); got {t.seed}")
     if not 0.0 <= t.cond_drop_prob < 1.0:
         raise ConfigError(f"trainer.cond_drop_prob must be in [0, 1); got {t.cond_drop_prob}")
 

@@ -32,7 +32,7 @@ from genflow.samplers.guidance import class_embedding
 from genflow.training import checkpoint, distributed
 from genflow.training.config import ConfigError, trainer_config
 from genflow.training.ema import EMA
-from genflow.utils import error_line
+from genflow.utils import check_writable_folder, error_line, remove_stale_temps
 
 
 class TrainingError(RuntimeError):
@@ -117,7 +117,9 @@ class Trainer:
         self.tc = trainer_config(cfg)
         self.dist = distributed.setup(self.tc.device)
         self.device = self.dist.device
-        self.run_dir = Path(cfg.get("run_dir") or default_run_dir(cfg))
+        self.run_dir = Path(default_run_dir(cfg) if cfg.get("run_dir") is None else cfg["run_dir"])
+        if self.dist.main:  # before any work: a run folder that is a file, read-only or under a file
+            check_writable_folder(self.run_dir, "run_dir")
         self.process = processes.build(cfg["process"])
         self.data = datasets.build(cfg["data"])
         self.cfg["model"] = nets.with_time_scale(cfg["model"], self.process)
@@ -188,11 +190,15 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     def resume(self) -> bool:
-        """Load ``last.pt`` when the run folder has one; refuse one made for another model."""
-        path = self.ckpt_dir / "last.pt"
-        if not path.exists():
+        """Load the newest loadable checkpoint when the run folder has one: ``last.pt``, or (said in
+        one line) a step file when ``last.pt`` is damaged or older; refuse one made for another model."""
+        found = checkpoint.newest(self.ckpt_dir, map_location="cpu")  # load_state_dict moves weights
+        if found is None:
             return False
-        state = checkpoint.load(path, map_location="cpu")  # load_state_dict moves weights; RNG states stay on CPU
+        path, state, why = found
+        if self.dist.main and why:
+            print(f"genflow-train: resuming from {path} (step {state['step']}){': ' + why if why else ''}",
+                  file=sys.stderr, flush=True)
         for key in ("process", "model", "data"):
             if state["config"][key] != self.cfg[key]:
                 raise ConfigError(f"{path} was trained with another {key} config ({state['config'][key]}); "
@@ -212,6 +218,13 @@ class Trainer:
             if self.device.type == "cuda" and "cuda" in rng[self.dist.rank]:
                 torch.cuda.set_rng_state(rng[self.dist.rank]["cuda"], self.device)
         return True
+
+    def remove_stale_temps(self) -> None:
+        """Temporary checkpoint files of a writer killed mid-write (kill -9) go, in one line."""
+        stale = remove_stale_temps(self.ckpt_dir) if self.ckpt_dir.is_dir() else []
+        if stale:
+            print(f"genflow-train: removed {len(stale)} stale temporary checkpoint file(s) of a killed run: "
+                  f"{', '.join(p.name for p in stale)}", file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ batch
     def batches(self):
@@ -358,6 +371,7 @@ class Trainer:
         """Train to trainer.steps (resuming if the run folder has a checkpoint); the run folder."""
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.remove_stale_temps()
         distributed.barrier()
         resumed = self.resume()
         if self.dist.main:
