@@ -151,10 +151,11 @@ class Chart:
 
 
 def solve(denoise: Denoiser, process: GaussianPath, x: Tensor, *, to_noise: bool, method: str, steps: int,
-          rtol: float, atol: float) -> Tensor:
+          rtol: float, atol: float, chart: Chart | None = None) -> Tensor:
     """x at the other end of the probability-flow ODE: from t_min to t_max (``to_noise``, encoding)
-    or back. Fixed-grid methods take ``steps`` uniform steps in the chart's variable."""
-    chart = Chart.of(process)
+    or back, in ``chart`` (default ``Chart.of(process)``). Fixed-grid methods take ``steps``
+    uniform steps in the chart's variable."""
+    chart = chart or Chart.of(process)
     u_data, u_noise = chart.ends()
     u0, u1 = (u_data, u_noise) if to_noise else (u_noise, u_data)
     ts, options = solver_grid(x, u0, u1, method=method, steps=steps, kinks=chart.kinks())
@@ -264,10 +265,10 @@ def flow_with_divergence(velocity: Velocity, x: Tensor, t0: float, t1: float, **
 
 def log_density_change(denoise: Denoiser, process: GaussianPath, x: Tensor, *, probe: Tensor | None = None,
                        method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
-                       steps: int = 100) -> tuple[Tensor, Tensor]:
-    """(x(t_max), delta) along the probability-flow ODE from data x at t_min, solved in the
-    process's ``Chart``: log p_{t_min}(x) = log p_{t_max}(x(t_max)) + delta."""
-    chart = Chart.of(process)
+                       steps: int = 100, chart: Chart | None = None) -> tuple[Tensor, Tensor]:
+    """(x(t_max), delta) along the probability-flow ODE from data x at t_min, solved in ``chart``
+    (default ``Chart.of(process)``): log p_{t_min}(x) = log p_{t_max}(x(t_max)) + delta."""
+    chart = chart or Chart.of(process)
     u0, u1 = chart.ends()
     return flow_with_divergence(chart.velocity(denoise), x, u0, u1, probe=probe, method=method, rtol=rtol,
                                 atol=atol, steps=steps, kinks=chart.kinks())
