@@ -488,11 +488,13 @@ class Fault:
             os._exit(17)
 
     def maybe_pause(self, step: int, rank: int, stop: stops.Stops, folder: Path) -> None:
-        """``pause@STEP[:RANK]``: the rank waits at STEP's boundary (writing ``paused_rankR`` with its pid)
-        until it has a reason to stop, at most a minute: a test then signals it at a known step."""
+        """``pause@STEP[:RANK]``: the rank waits at STEP's boundary, after writing ``paused_rankR`` (its pid),
+        until it has a reason to stop or the file is removed (at most a minute): a test acts at a known step."""
         if self.kind != "pause" or self.step != step or self.rank != rank:
             return
-        (folder / f"paused_rank{rank}").write_text(str(os.getpid()))
+        marker = folder / f"paused_rank{rank}"
+        marker.write_text(str(os.getpid()))
         end = time.monotonic() + 60.0
-        while not stop.local() and time.monotonic() < end:
+        while not stop.local() and marker.exists() and time.monotonic() < end:
             time.sleep(0.02)
+        marker.unlink(missing_ok=True)
