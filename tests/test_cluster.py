@@ -18,11 +18,12 @@ import pytest
 import torch
 
 from genflow.train import main
-from genflow.training import checkpoint, lock
+from genflow.training import checkpoint, lock, stops
 from genflow.training.distributed import expand_nodelist, slurm_env
 from test_training import ROOT, WORKER, assert_same, finish, fit, launch, params, tiny
 
-TARGET = ["trainer.steps=12", "trainer.ckpt_every=100"]  # checkpoints only where a run stops or ends
+STEPS = 150  # above the two stops: a rank held at step n stops by step n + 1 + stops.CHECK_STEPS
+TARGET = [f"trainer.steps={STEPS}", "trainer.ckpt_every=1000"]  # checkpoints only where a run stops or ends
 
 
 def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> str:
@@ -78,15 +79,16 @@ def test_slurm_variables_form_one_group_without_torchrun(slurm_run):
     assert codes == [0, 0], err
     assert_same(params(run / "params_rank0.pt"), params(run / "params_rank1.pt"), atol=0)
     state = checkpoint.load(run / "checkpoints" / "last.pt")
-    assert state["step"] == 12 and state["data"]["world"] == 2  # one group of two, not two runs of one
+    assert state["step"] == STEPS and state["data"]["world"] == 2  # one group of two, not two runs of one
     # torchrun's run of the same config gives these weights bit for bit (the next test)
 
 
 def test_sigterm_to_the_agent_then_to_one_worker_stops_every_rank_at_one_step_and_resumes_exactly(tmp_path, slurm_run):
     """A SIGTERM to the torchrun agent, which forwards it to its workers (rank 0 held at step 4),
-    then, on the rerun, a SIGTERM to worker 1 only (held at step 8): each time both ranks stop at
-    that step with the checkpoint there; the third run ends at step 12 with the weights of the
-    uninterrupted run (the SLURM-launched one above: the same 2-rank Gloo group)."""
+    then, on the rerun, a SIGTERM to worker 1 only (held two steps after the resume): each time both
+    ranks stop at one step, at the next check, with the checkpoint there; the third run ends at the
+    target step with the weights of the uninterrupted run (the SLURM-launched one above: the same
+    2-rank Gloo group)."""
     run = tmp_path / "run"
     args = ["--standalone", "--nproc_per_node=2", WORKER, *tiny(run, *TARGET)]
     agent = launch(*args, env={"GENFLOW_FAULT": "pause@4:0"})
@@ -94,20 +96,23 @@ def test_sigterm_to_the_agent_then_to_one_worker_stops_every_rank_at_one_step_an
     agent.send_signal(signal.SIGTERM)
     code, err = finish(agent)
     assert code == 1 and "death signal, shutting down workers" in err, err[-3000:]  # torchrun: SignalException
-    assert stopped(run) == [{"step": 4, "stopped": "SIGTERM"}] * 2, err[-3000:]
-    assert checkpoint.load(run / "checkpoints" / "last.pt")["step"] == 4
-    assert [(e["step"], e["reason"]) for e in events(run)] == [(4, "SIGTERM")]
+    first = checkpoint.load(run / "checkpoints" / "last.pt")["step"]
+    assert 4 <= first <= 5 + stops.CHECK_STEPS
+    assert stopped(run) == [{"step": first, "stopped": "SIGTERM"}] * 2, err[-3000:]
+    assert [(e["step"], e["reason"]) for e in events(run)] == [(first, "SIGTERM")]
 
-    agent = launch(*args, env={"GENFLOW_FAULT": "pause@8:1"})
+    agent = launch(*args, env={"GENFLOW_FAULT": f"pause@{first + 2}:1"})
     os.kill(int(wait_for(run / "paused_rank1", agent)), signal.SIGTERM)
     code, err = finish(agent)
     assert code == 0, err[-3000:]  # the workers' status: trainer.requeue_exit_code, 0 by default
-    assert stopped(run) == [{"step": 8, "stopped": "SIGTERM"}] * 2
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.pt", "step_0000004.pt", "step_0000008.pt"]
+    second = checkpoint.load(run / "checkpoints" / "last.pt")["step"]
+    assert first + 2 <= second < STEPS and stopped(run) == [{"step": second, "stopped": "SIGTERM"}] * 2
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(
+        ["last.pt", f"step_{first:07d}.pt", f"step_{second:07d}.pt"])
 
     code, err = finish(launch(*args))
     assert code == 0, err[-3000:]
-    assert stopped(run) == [{"step": 12, "stopped": None}] * 2
+    assert stopped(run) == [{"step": STEPS, "stopped": None}] * 2
     assert slurm_run[1] == [0, 0], slurm_run[2]
     assert_same(params(run / "params_rank0.pt"), params(slurm_run[0] / "params_rank0.pt"), atol=0)
     assert not (run / lock.NAME).exists()

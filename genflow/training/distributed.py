@@ -122,13 +122,13 @@ def mean(value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def agree_max(value: int, device: torch.device) -> int:
-    """The largest ``value`` over ranks (one all-reduce of one integer; the value on one process)."""
+def agree_max(values: list[int], device: torch.device) -> list[int]:
+    """Each value's largest over ranks (one all-reduce of a few integers; the values on one process)."""
     if not active():
-        return value
-    out = torch.tensor([value], dtype=torch.int64, device=device)
+        return list(values)
+    out = torch.tensor(values, dtype=torch.int64, device=device)
     dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return int(out.item())
+    return out.tolist()
 
 
 def gather_objects(obj) -> list:

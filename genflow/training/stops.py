@@ -1,6 +1,12 @@
 """Preemption-safe stops: a stop signal (SIGTERM, SIGUSR1: what SLURM and torchrun send before they
 kill a job) or the end of a wall-clock budget only sets a flag. The trainer asks at each step
 boundary; the ranks agree with one all-reduce of the flag, save a checkpoint and leave together.
+
+One all-reduce of two integers costs ~0.4-0.5 ms on Gloo (2 ranks, a loaded 2-core machine): 8 % of a
+tiny MLP's 7 ms step. So the ranks agree about every CHECK_SECONDS of training, at most CHECK_STEPS
+steps apart: each check also takes the slowest rank's time per step, from which every rank computes
+the same next check step. A stop comes at most about CHECK_SECONDS plus one step after the signal.
+One process checks every step (no collective).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torch
 
 from genflow.training import distributed
 
+CHECK_SECONDS, CHECK_STEPS = 0.5, 50
 DEADLINE = 1  # agree_max's code for "the wall-clock budget ran out"; a signal's code is 100 + its number
 
 
@@ -50,8 +57,11 @@ class Stops:
         self.deadline = None
         self.received: signal.Signals | None = None
         self._previous: dict = {}
+        self._last: tuple[float, int | None] = (time.monotonic(), None)  # the last check: when, at which step
+        self._next = 0  # the step of the next check under DDP
 
     def __enter__(self) -> Stops:
+        self._last, self._next = (time.monotonic(), None), 0
         if self.max_minutes > 0:
             self.deadline = time.monotonic() + 60.0 * self.max_minutes
         for sig in self.signals:
@@ -72,9 +82,18 @@ class Stops:
             return 100 + int(self.received)
         return DEADLINE if self.deadline is not None and time.monotonic() >= self.deadline else 0
 
-    def agreed(self, device: torch.device) -> str | None:
-        """Why every rank stops now (the same answer on all: one all-reduce), or None to go on."""
-        return self.reason(distributed.agree_max(self.local(), device))
+    def agreed(self, step: int, device: torch.device) -> str | None:
+        """Why every rank stops at ``step`` (the same answer on all), or None to go on."""
+        if not distributed.active():
+            return self.reason(self.local())
+        if step < self._next:
+            return None
+        now, (then, last) = time.monotonic(), self._last
+        per_step = 0 if last is None else int(1e6 * (now - then) / max(step - last, 1))  # microseconds
+        code, per_step = distributed.agree_max([self.local(), per_step], device)
+        self._last = (now, step)
+        self._next = step + (1 if per_step == 0 else max(1, min(CHECK_STEPS, int(CHECK_SECONDS * 1e6 / per_step))))
+        return self.reason(code)
 
     def reason(self, code: int) -> str | None:
         if code == 0:

@@ -443,7 +443,7 @@ class Trainer:
 
     def stop_here(self, stop: stops.Stops, saved: bool) -> bool:
         """At a step boundary: do the ranks agree to stop (a signal, the time budget)? Then save here."""
-        self.stopped = stop.agreed(self.device)
+        self.stopped = stop.agreed(self.step, self.device)
         if self.stopped is None:
             return False
         if not saved:
