@@ -30,13 +30,14 @@ class Dist:
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
-    """``auto``: this rank's GPU when CUDA is visible, else the CPU."""
+    """``auto``: this rank's GPU when CUDA is visible, else the CPU. The GPU is ``cuda:LOCAL_RANK``, or
+    ``cuda:0`` where the rank sees only one (srun's ``--gpus-per-task=1``)."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("trainer.device=cuda but no CUDA device is visible; use auto or cpu")
-        return torch.device("cuda", local_rank)
+        return torch.device("cuda", local_rank if torch.cuda.device_count() > 1 else 0)
     if requested != "cpu":
         raise ValueError(f"trainer.device must be auto, cuda or cpu; got {requested!r}")
     return torch.device("cpu")
