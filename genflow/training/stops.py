@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import threading
 import time
 
 import torch
@@ -64,6 +65,8 @@ class Stops:
         self._last, self._next = (time.monotonic(), None), 0
         if self.max_minutes > 0:
             self.deadline = time.monotonic() + 60.0 * self.max_minutes
+        if threading.current_thread() is not threading.main_thread():
+            return self  # Python takes signal handlers in the main thread only; the time budget still holds
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
