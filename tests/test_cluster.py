@@ -209,3 +209,21 @@ def test_stop_options_are_checked(tmp_path, capsys):
         assert main(tiny(tmp_path, *bad)) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and says in err, err
+
+
+def test_sigterm_to_the_whole_process_group_spares_the_loader_workers(tmp_path):
+    """SLURM signals every process of a job step, DataLoader workers included: they ignore it (a worker
+    killed by it would end the run with 'DataLoader worker exited unexpectedly', before the checkpoint)."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "genflow.train", *tiny(run, "trainer.steps=1000", "trainer.num_workers=1",
+                                                                      "trainer.ckpt_every=1000")],
+                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "GENFLOW_FAULT": "pause@3"})
+    wait_for(run / "paused_rank0", proc)
+    workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(workers) == 1  # the loader's worker
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert err.strip().splitlines()[-1].startswith("genflow-train: stopped at step 3 (SIGTERM), checkpoint saved")
+    assert checkpoint.load(run / "checkpoints" / "last.pt")["step"] == 3
