@@ -24,8 +24,8 @@ Running the same command again resumes from the newest loadable checkpoint in RU
 GENFLOW_CONFIG_DIR=PATH composes another configs folder (default: the checkout's configs/, else the installed copy).
 Under torchrun (or srun, without torchrun: the group forms from SLURM's variables) every worker
 runs this; all share one run folder, which one trainer at a time may use (RUN_DIR/.genflow.lock).
-trainer.stop_signals (SIGTERM, SIGUSR1) and trainer.max_minutes stop every rank at the next step
-with a checkpoint there; the same command resumes.
+trainer.stop_signals (SIGTERM, SIGUSR1) and trainer.max_minutes stop every rank at one step (within
+about 0.5 s) with a checkpoint there; the same command resumes; see docs/slurm.md.
 Exit status: 0 done (or stopped so: trainer.requeue_exit_code, default 0), 2 bad config or usage,
 1 a failed run or a run folder in use (one line on stderr)."""
 

@@ -227,3 +227,29 @@ def test_sigterm_to_the_whole_process_group_spares_the_loader_workers(tmp_path):
     assert proc.returncode == 0, err
     assert err.strip().splitlines()[-1].startswith("genflow-train: stopped at step 3 (SIGTERM), checkpoint saved")
     assert checkpoint.load(run / "checkpoints" / "last.pt")["step"] == 3
+
+
+@pytest.mark.parametrize("seconds_per_step,checks", [
+    (0.1, [1, 2, 7, 12, 17]),            # 0.5 s / 0.1 s: every 5 steps after the first two
+    (0.001, [1, 2, 52, 102, 152]),       # 500 steps would be 0.5 s: capped at CHECK_STEPS = 50
+    (2.0, [1, 2, 3, 4, 5]),              # slower than 0.5 s per step: every step
+])
+def test_ranks_check_about_every_half_second_on_the_same_steps(monkeypatch, seconds_per_step, checks):
+    """Under DDP the check steps come from the slowest rank's measured time per step (the same on every
+    rank: it rides on the check's all-reduce); the first check is after the first step."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(stops.time, "monotonic", lambda: clock["now"])
+    monkeypatch.setattr(stops.distributed, "active", lambda: True)
+    calls = []
+    monkeypatch.setattr(stops.distributed, "agree_max", lambda values, device: calls.append(values) or values)
+    stop = stops.Stops((), 0.0).__enter__()
+    seen = []
+    for step in range(1, 160):
+        clock["now"] += seconds_per_step
+        before = len(calls)
+        assert stop.agreed(step, torch.device("cpu")) is None
+        if len(calls) > before:
+            seen.append(step)
+    assert seen[:5] == checks
+    stop.received = signal.SIGUSR1
+    assert stop.reason(stop.local()) == "SIGUSR1"
