@@ -137,8 +137,8 @@ def sigterm(tmp: Path, stops: int) -> dict:
     final.communicate()
     reached = checkpoint.load(run / "checkpoints" / "last.pt")["step"] == steps
     same = all(torch.equal(weights(run)[k], v) for k, v in weights(whole).items())
-    return {"stops": stops, "codes": sorted(set(codes)), "lost": lost, "at": at, "unloadable": unloadable, "reached": reached,
-            "exact": same, "rc": final.returncode, "temps": len(temps(run))}
+    return {"stops": stops, "codes": sorted(set(codes)), "lost": lost, "at": at, "unloadable": unloadable,
+            "reached": reached, "exact": same, "rc": final.returncode, "temps": len(temps(run))}
 
 
 def full_disk(tmp: Path, paths: dict) -> dict:

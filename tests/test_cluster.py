@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_training import ROOT, WORKER, assert_same, finish, fit, launch, params, tiny
 
 from genflow.train import main
 from genflow.training import checkpoint, lock, stops
 from genflow.training.distributed import expand_nodelist, slurm_env
-from test_training import ROOT, WORKER, assert_same, finish, fit, launch, params, tiny
 
 STEPS = 150  # above the two stops: a rank held at step n stops by step n + 1 + stops.CHECK_STEPS
 TARGET = [f"trainer.steps={STEPS}", "trainer.ckpt_every=1000"]  # checkpoints only where a run stops or ends
@@ -213,12 +213,12 @@ def test_stop_options_are_checked(tmp_path, capsys):
 
 def test_sigterm_to_the_whole_process_group_spares_the_loader_workers(tmp_path):
     """SLURM signals every process of a job step, DataLoader workers included: they ignore it (a worker
-    killed by it would end the run with 'DataLoader worker exited unexpectedly', before the checkpoint)."""
+    killed by it ends the run with 'DataLoader worker (pid N) is killed by signal: Terminated', unsaved)."""
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "genflow.train", *tiny(run, "trainer.steps=1000", "trainer.num_workers=1",
-                                                                      "trainer.ckpt_every=1000")],
-                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "GENFLOW_FAULT": "pause@3"})
+    args = tiny(run, "trainer.steps=1000", "trainer.num_workers=1", "trainer.ckpt_every=1000")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "GENFLOW_FAULT": "pause@3"}
+    proc = subprocess.Popen([sys.executable, "-m", "genflow.train", *args], cwd=ROOT, text=True, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     wait_for(run / "paused_rank0", proc)
     workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
     assert len(workers) == 1  # the loader's worker
