@@ -64,7 +64,7 @@ def slurm_run(tmp_path_factory) -> tuple[Path, list[int], str]:
     run = tmp_path_factory.mktemp("slurm")
     job = free_slurm_port() - 15000
     base = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "SLURM_NTASKS": "2",
-            "SLURM_JOB_ID": str(job), "SLURM_JOB_NODELIST": "localhost"}
+            "SLURM_STEP_NUM_TASKS": "2", "SLURM_JOB_ID": str(job), "SLURM_JOB_NODELIST": "localhost"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         base.pop(key, None)
     tasks = [subprocess.Popen([sys.executable, WORKER, *tiny(run, *TARGET)], cwd=ROOT, text=True,
@@ -191,13 +191,16 @@ def test_slurm_node_lists_expand(nodelist, hosts):
 
 
 def test_slurm_env_takes_the_first_host_and_the_job_port_and_leaves_torchrun_alone():
-    task = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_JOB_ID": "4242",
-            "SLURM_JOB_NODELIST": "gpu[07-08]"}
+    batch = {"SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_LOCALID": "0", "SLURM_JOB_ID": "4242",
+             "SLURM_JOB_NODELIST": "gpu[07-08]"}  # an sbatch script's own shell: no group to wait for
+    assert slurm_env(batch) == {}
+    task = {**batch, "SLURM_PROCID": "9", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "16"}
     assert slurm_env(task) == {"RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu07",
                                "MASTER_PORT": "19242"}
+    assert slurm_env({**task, "SLURM_STEP_NODELIST": "gpu08"})["MASTER_ADDR"] == "gpu08"  # the step's first host
     assert slurm_env({**task, "MASTER_PORT": "29500"})["MASTER_PORT"] == "29500"
     assert slurm_env({**task, "RANK": "0", "WORLD_SIZE": "2"}) == {}  # torchrun's own variables win
-    assert slurm_env({**task, "SLURM_NTASKS": "1"}) == {}  # one task: no group
+    assert slurm_env({**task, "SLURM_STEP_NUM_TASKS": "1"}) == {}  # one task: no group
     with pytest.raises(ValueError, match="is not a number or a range"):
         expand_nodelist("node[a-b]")
 

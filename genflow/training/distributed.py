@@ -68,17 +68,18 @@ def _expand_name(name: str) -> list[str]:
 
 
 def slurm_env(environ: dict) -> dict[str, str]:
-    """torchrun's variables for a task of ``srun`` (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID; the
+    """torchrun's variables for a task of ``srun`` (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID; the
     master is the first host of the step's node list, the port 15000 + job id % 10000 unless
-    MASTER_PORT is set); empty under torchrun (RANK or WORLD_SIZE set) or outside SLURM."""
-    if "RANK" in environ or "WORLD_SIZE" in environ or "SLURM_PROCID" not in environ:
+    MASTER_PORT is set); empty under torchrun (RANK or WORLD_SIZE set), outside SLURM, and in an
+    sbatch script's own shell, which SLURM gives SLURM_NTASKS but no SLURM_STEP_* variables."""
+    if "RANK" in environ or "WORLD_SIZE" in environ or "SLURM_STEP_NUM_TASKS" not in environ:
         return {}
-    world = environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS", "1"))
-    nodelist = environ.get("SLURM_STEP_NODELIST", environ.get("SLURM_JOB_NODELIST", ""))
+    world = environ["SLURM_STEP_NUM_TASKS"]  # the step's tasks (srun's SLURM_NTASKS too)
     if int(world) < 2:
         return {}
-    if not nodelist:
-        raise ValueError("SLURM_PROCID is set but neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST is; "
+    nodelist = environ.get("SLURM_STEP_NODELIST", environ.get("SLURM_JOB_NODELIST", ""))
+    if not nodelist or "SLURM_PROCID" not in environ:
+        raise ValueError("a task of srun needs SLURM_PROCID and SLURM_STEP_NODELIST (or SLURM_JOB_NODELIST); "
                          "start genflow under srun (or torchrun)")
     port = environ.get("MASTER_PORT") or str(SLURM_PORT_BASE + int(environ.get("SLURM_JOB_ID", "0")) % SLURM_PORT_SPAN)
     return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": world, "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
