@@ -22,8 +22,12 @@ run_dir=PATH (default runs/<data>-<process>-<model>). Every float must be finite
 Running the same command again resumes from the newest loadable checkpoint in RUN_DIR/checkpoints/
 (last.pt, or a newer step file) and removes temporary files of a writer killed mid-write.
 GENFLOW_CONFIG_DIR=PATH composes another configs folder (default: the checkout's configs/, else the installed copy).
-Under torchrun every worker runs this; all share one run folder and only rank 0 writes.
-Exit status: 0 done, 2 bad config or usage, 1 a failed run (one line on stderr)."""
+Under torchrun (or srun, without torchrun: the group forms from SLURM's variables) every worker
+runs this; all share one run folder, which one trainer at a time may use (RUN_DIR/.genflow.lock).
+trainer.stop_signals (SIGTERM, SIGUSR1) and trainer.max_minutes stop every rank at one step (within
+about 0.5 s) with a checkpoint there; the same command resumes; see docs/slurm.md.
+Exit status: 0 done (or stopped so: trainer.requeue_exit_code, default 0), 2 bad config or usage,
+1 a failed run or a run folder in use (one line on stderr)."""
 
 
 def trainer_keys(width: int = 100) -> str:
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     from genflow.data.images import UnreadableImage
-    from genflow.training import checkpoint, distributed
+    from genflow.training import checkpoint, distributed, lock
     from genflow.training.trainer import Trainer, TrainingError
     from genflow.utils import OutputError, one_line
 
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:  # a run folder made for another model
         print(f"genflow-train: error: {one_line(err)}", file=sys.stderr)
         return 2
-    except (checkpoint.CheckpointError, TrainingError, UnreadableImage, OSError) as err:  # OSError: a full disk
+    except (checkpoint.CheckpointError, TrainingError, UnreadableImage, lock.RunFolderInUse,
+            OSError) as err:  # OSError: a full disk
         print(f"genflow-train: error: {one_line(err)}", file=sys.stderr)
         return 1
     finally:  # after an error leave at once: the peers may never reach the last barrier
@@ -84,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
             trainer.close()
         finally:
             distributed.cleanup(wait=finished)
-    if trainer.dist.main:
+    if trainer.dist.main and trainer.stopped:
+        print(f"genflow-train: stopped at step {trainer.step} ({trainer.stopped}), checkpoint saved; run the same "
+              f"command to resume (exit {trainer.exit_code}); run folder {run_dir}", file=sys.stderr, flush=True)
+    elif trainer.dist.main:
         print(f"genflow-train: done, {trainer.step} steps; run folder {run_dir}")
-    return 0
+    return trainer.exit_code
 
 
 def _fail(message: str, code: int, distributed) -> int:

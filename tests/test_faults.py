@@ -356,7 +356,9 @@ def test_kill_9_mid_write_leaves_no_temp_file_after_the_next_start(results):
     said = "genflow-train: removed 1 stale temporary checkpoint file(s) of a killed run: "
     assert err_lines(got["killed"]) == [f"{said}.step_0000002.pt.tmp-{got['dead']}"]  # the one made by hand
     kill_left = next(name for name in got["left"] if name.startswith(".step_0000004.pt.tmp-"))
-    assert err_lines(got["again"]) == [f"{said}{kill_left}"]  # then it resumes from last.pt (step 2), silently
+    lock = f"genflow-train: took over the lock {got['ckpt'].parent / '.genflow.lock'} of pid {kill_left.split('-')[-1]}, "
+    assert err_lines(got["again"]) == [f"{lock}which is no longer running", f"{said}{kill_left}"]  # then it resumes
+    # from last.pt (step 2), silently
     ckpt = got["ckpt"]
     assert sorted(p.name for p in ckpt.iterdir()) == sorted([got["live"].name, "last.pt", "step_0000002.pt",
                                                              "step_0000004.pt"])

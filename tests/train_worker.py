@@ -1,5 +1,6 @@
-"""A training worker for the distributed tests: trains, then every rank dumps its parameters and
-whether its process group was freed at cleanup (not left to the interpreter's exit).
+"""A training worker for the distributed tests: trains, then every rank dumps its parameters,
+where and why it stopped, and whether its process group was freed at cleanup (not left to the
+interpreter's exit); it exits as genflow-train does.
 
     torchrun --nproc_per_node=2 tests/train_worker.py KEY=VALUE ...
 """
@@ -22,7 +23,10 @@ if __name__ == "__main__":
     trainer.fit()
     params = {k: v.detach().cpu() for k, v in trainer.net.state_dict().items()}
     torch.save(params, Path(trainer.run_dir) / f"params_rank{trainer.dist.rank}.pt")
+    stopped = {"step": trainer.step, "stopped": trainer.stopped}
+    (Path(trainer.run_dir) / f"stopped_rank{trainer.dist.rank}.json").write_text(json.dumps(stopped))
     trainer.close()
     distributed.cleanup()
     freed = group is not None and group() is None
     (Path(trainer.run_dir) / f"cleanup_rank{trainer.dist.rank}.json").write_text(json.dumps({"group_freed": freed}))
+    sys.exit(trainer.exit_code)

@@ -57,6 +57,9 @@ class TrainerConfig:
                                       # loss-scale overflows count too: they are skipped steps)
     progress: bool = True
     cond_drop_prob: float = 0.0       # classifier-free guidance: P(label -> null class) per example
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])  # stop at the next step, saved
+    max_minutes: float = 0.0          # wall-clock budget of this start; stops like a signal when it runs out (0: none)
+    requeue_exit_code: int = 0        # exit status after such a stop (e.g. 3 for a script that requeues the job)
 
 
 @dataclass
@@ -186,6 +189,21 @@ def _check_trainer(t: TrainerConfig) -> None:
         raise ConfigError(f"trainer.seed must be in [0, 2^31); got {t.seed}")
     if not 0.0 <= t.cond_drop_prob < 1.0:
         raise ConfigError(f"trainer.cond_drop_prob must be in [0, 1); got {t.cond_drop_prob}")
+    _check_stops(t)
+
+
+def _check_stops(t: TrainerConfig) -> None:
+    from genflow.training.stops import parse_signals
+
+    try:
+        parse_signals(t.stop_signals)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if t.max_minutes < 0:
+        raise ConfigError(f"trainer.max_minutes must be >= 0 (0: no budget); got {t.max_minutes}")
+    if not (t.requeue_exit_code == 0 or 3 <= t.requeue_exit_code <= 255):
+        raise ConfigError(f"trainer.requeue_exit_code must be 0 or in 3..255 (1 and 2 mean a failed run and a bad "
+                          f"config); got {t.requeue_exit_code}")
 
 
 def trainer_config(cfg: dict) -> TrainerConfig:

@@ -1,13 +1,15 @@
 """The one place that knows about torch.distributed; every helper also works with one process.
 
 Under torchrun the environment holds RANK, WORLD_SIZE and LOCAL_RANK; the process group is
-initialised from it (NCCL on CUDA, Gloo on CPU). Without torchrun nothing is initialised and
-the helpers fall back to the single-process answer.
+initialised from it (NCCL on CUDA, Gloo on CPU). Without them, a task of ``srun`` takes the same from
+SLURM's variables (``slurm_env``). Without either nothing is initialised and the helpers fall back to
+the single-process answer.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -28,20 +30,65 @@ class Dist:
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
-    """``auto``: this rank's GPU when CUDA is visible, else the CPU."""
+    """``auto``: this rank's GPU when CUDA is visible, else the CPU. The GPU is ``cuda:LOCAL_RANK``, or
+    ``cuda:0`` where the rank sees only one (srun's ``--gpus-per-task=1``)."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("trainer.device=cuda but no CUDA device is visible; use auto or cpu")
-        return torch.device("cuda", local_rank)
+        return torch.device("cuda", local_rank if torch.cuda.device_count() > 1 else 0)
     if requested != "cpu":
         raise ValueError(f"trainer.device must be auto, cuda or cpu; got {requested!r}")
     return torch.device("cpu")
 
 
+SLURM_PORT_BASE, SLURM_PORT_SPAN = 15000, 10000  # MASTER_PORT = 15000 + job id % 10000 under srun
+
+
+def expand_nodelist(nodelist: str) -> list[str]:
+    """SLURM's compressed host list, expanded: ``node[01-03,07],gpu1`` -> node01, node02, node03,
+    node07, gpu1 (zero padding kept; several bracket groups in one name multiply out)."""
+    names = re.findall(r"(?:[^,\[]|\[[^\]]*\])+", nodelist.strip())
+    return [host for name in names for host in _expand_name(name)]
+
+
+def _expand_name(name: str) -> list[str]:
+    match = re.search(r"\[([^\]]*)\]", name)
+    if match is None:
+        return [name]
+    head, tail = name[: match.start()], name[match.end():]
+    out = []
+    for part in match.group(1).split(","):
+        lo, _, hi = part.partition("-")
+        if not (lo.isdigit() and (hi.isdigit() or not hi)):
+            raise ValueError(f"cannot read the SLURM node list {name!r}: {part!r} is not a number or a range A-B")
+        out += [f"{head}{n:0{len(lo)}d}" for n in range(int(lo), int(hi or lo) + 1)]
+    return [host for prefix in out for host in _expand_name(prefix + tail)]
+
+
+def slurm_env(environ: dict) -> dict[str, str]:
+    """torchrun's variables for a task of ``srun`` (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID; the
+    master is the first host of the step's node list, the port 15000 + job id % 10000 unless
+    MASTER_PORT is set); empty under torchrun (RANK or WORLD_SIZE set), outside SLURM, and in an
+    sbatch script's own shell, which SLURM gives SLURM_NTASKS but no SLURM_STEP_* variables."""
+    if "RANK" in environ or "WORLD_SIZE" in environ or "SLURM_STEP_NUM_TASKS" not in environ:
+        return {}
+    world = environ["SLURM_STEP_NUM_TASKS"]  # the step's tasks (srun's SLURM_NTASKS too)
+    if int(world) < 2:
+        return {}
+    nodelist = environ.get("SLURM_STEP_NODELIST", environ.get("SLURM_JOB_NODELIST", ""))
+    if not nodelist or "SLURM_PROCID" not in environ:
+        raise ValueError("a task of srun needs SLURM_PROCID and SLURM_STEP_NODELIST (or SLURM_JOB_NODELIST); "
+                         "start genflow under srun (or torchrun)")
+    port = environ.get("MASTER_PORT") or str(SLURM_PORT_BASE + int(environ.get("SLURM_JOB_ID", "0")) % SLURM_PORT_SPAN)
+    return {"RANK": environ["SLURM_PROCID"], "WORLD_SIZE": world, "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+            "MASTER_ADDR": environ.get("MASTER_ADDR") or expand_nodelist(nodelist)[0], "MASTER_PORT": port}
+
+
 def setup(device: str = "auto") -> Dist:
-    """Initialise the process group when launched by torchrun; pick this rank's device."""
+    """Initialise the process group when launched by torchrun or srun; pick this rank's device."""
+    os.environ.update(slurm_env(os.environ))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local_rank)
@@ -75,6 +122,15 @@ def mean(value: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(value)
         value /= dist.get_world_size()
     return value
+
+
+def agree_max(values: list[int], device: torch.device) -> list[int]:
+    """Each value's largest over ranks (one all-reduce of a few integers; the values on one process)."""
+    if not active():
+        return list(values)
+    out = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
+    return out.tolist()
 
 
 def gather_objects(obj) -> list:

@@ -29,7 +29,7 @@ from genflow import accel, nets, processes, samplers
 from genflow import data as datasets
 from genflow.processes.base import GaussianPath
 from genflow.samplers.guidance import class_embedding
-from genflow.training import checkpoint, distributed
+from genflow.training import checkpoint, distributed, lock, stops
 from genflow.training.config import ConfigError, trainer_config
 from genflow.training.ema import EMA
 from genflow.utils import check_writable_folder, error_line, remove_stale_temps
@@ -153,6 +153,8 @@ class Trainer:
             raise ConfigError(f"trainer.batch_size={self.tc.batch_size} exceeds the {len(self.data.train)} "
                               "training examples")
         self.step, self.bad_streak, self.skipped = 0, 0, 0
+        self.stop_signals = stops.parse_signals(self.tc.stop_signals)
+        self.stopped: str | None = None  # why fit() stopped before trainer.steps (a signal, the time budget)
         torch.manual_seed(self.tc.seed * self.dist.world + self.dist.rank)  # rank-local randomness
 
     # ------------------------------------------------------------------ build
@@ -233,7 +235,8 @@ class Trainer:
         workers = self.tc.num_workers
         loader = DataLoader(self.data.train, batch_size=self.per_rank, sampler=order, num_workers=workers,
                             drop_last=True, pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
-                            generator=torch.Generator().manual_seed(self.tc.seed))  # not the global RNG
+                            generator=torch.Generator().manual_seed(self.tc.seed),  # not the global RNG
+                            worker_init_fn=stops.worker_init(self.stop_signals) if workers else None)
         while True:
             epoch, start = divmod(self.step, self.steps_per_epoch)
             self.sampler.set_epoch(epoch)
@@ -368,9 +371,36 @@ class Trainer:
 
     # -------------------------------------------------------------------- fit
     def fit(self) -> Path:
-        """Train to trainer.steps (resuming if the run folder has a checkpoint); the run folder."""
+        """Train to trainer.steps (resuming if the run folder has a checkpoint), or until a stop signal
+        or trainer.max_minutes (``self.stopped`` says which; the checkpoint is at that step); the run folder."""
+        held = self.lock()
+        try:
+            with stops.Stops(self.stop_signals, self.tc.max_minutes) as stop:
+                self.train(stop)
+        finally:
+            if held is not None:
+                lock.release(held)
+        return self.run_dir
+
+    def lock(self) -> Path | None:
+        """Rank 0 takes the run folder's lock (one line if it takes over a stale one); every rank
+        refuses alike when another trainer holds it."""
+        held, refusal = None, None
         if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                held, said = lock.acquire(self.run_dir)
+                if said:
+                    print(said, file=sys.stderr, flush=True)
+            except lock.RunFolderInUse as err:
+                refusal = str(err)
+        refusal = distributed.gather_objects(refusal)[0]
+        if refusal:
+            raise lock.RunFolderInUse(refusal)
+        return held
+
+    def train(self, stop: stops.Stops) -> None:
+        if self.dist.main:
             self.remove_stale_temps()
         distributed.barrier()
         resumed = self.resume()
@@ -400,13 +430,31 @@ class Trainer:
                           "examples_per_sec": seen * self.tc.batch_size / elapsed, "skipped_total": self.skipped})
                 bar.set_postfix(loss=f"{mean:.4f}")
                 window, seen, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
-            if self.step % self.tc.ckpt_every == 0 or self.step == self.tc.steps:
+            saved = self.step % self.tc.ckpt_every == 0 or self.step == self.tc.steps
+            if saved:
                 self.save()
             if (self.tc.sample_every and self.step % self.tc.sample_every == 0) or self.step == self.tc.steps:
                 self.sample_grid()
                 distributed.barrier()
+            fault.maybe_pause(self.step, self.dist.rank, stop, self.run_dir)
+            if self.step < self.tc.steps and self.stop_here(stop, saved):
+                break
         bar.close()
-        return self.run_dir
+
+    def stop_here(self, stop: stops.Stops, saved: bool) -> bool:
+        """At a step boundary: do the ranks agree to stop (a signal, the time budget)? Then save here."""
+        self.stopped = stop.agreed(self.step, self.device)
+        if self.stopped is None:
+            return False
+        if not saved:
+            self.save()
+        self.log({"event": "stop", "step": self.step, "reason": self.stopped})
+        return True
+
+    @property
+    def exit_code(self) -> int:
+        """0 when the run is done; trainer.requeue_exit_code when it stopped early (checkpoint saved)."""
+        return self.tc.requeue_exit_code if self.stopped else 0
 
     def close(self) -> None:
         """Let go of the DDP wrapper before ``distributed.cleanup()``: it holds the process group, which
@@ -419,20 +467,34 @@ class Trainer:
 
 
 class Fault:
-    """Fault injection for the elastic-restart tests: ``GENFLOW_FAULT=exit@STEP[:RANK]`` ends the
-    worker at STEP in the first attempt of a torchrun job (TORCHELASTIC_RESTART_COUNT = 0)."""
+    """Fault injection for the tests: ``GENFLOW_FAULT=exit@STEP[:RANK]`` ends the worker at STEP,
+    ``pause@STEP[:RANK]`` holds it there until a stop signal, in the first attempt of a torchrun job
+    (TORCHELASTIC_RESTART_COUNT = 0) or a plain run."""
 
-    def __init__(self, step: int | None = None, rank: int = 0) -> None:
-        self.step, self.rank = step, rank
+    def __init__(self, step: int | None = None, rank: int = 0, kind: str = "exit") -> None:
+        self.step, self.rank, self.kind = step, rank, kind
 
     @classmethod
     def from_env(cls) -> Fault:
         spec = os.environ.get("GENFLOW_FAULT", "")
         if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
             return cls()
-        step, _, rank = spec.removeprefix("exit@").partition(":")
-        return cls(int(step), int(rank or 0))
+        kind, _, where = spec.rpartition("@")
+        step, _, rank = where.partition(":")
+        return cls(int(step), int(rank or 0), kind or "exit")
 
     def maybe_fire(self, step: int, rank: int) -> None:
-        if self.step == step and self.rank == rank:
+        if self.kind == "exit" and self.step == step and self.rank == rank:
             os._exit(17)
+
+    def maybe_pause(self, step: int, rank: int, stop: stops.Stops, folder: Path) -> None:
+        """``pause@STEP[:RANK]``: the rank waits at STEP's boundary, after writing ``paused_rankR`` (its pid),
+        until it has a reason to stop or the file is removed (at most a minute): a test acts at a known step."""
+        if self.kind != "pause" or self.step != step or self.rank != rank:
+            return
+        marker = folder / f"paused_rank{rank}"
+        marker.write_text(str(os.getpid()))
+        end = time.monotonic() + 60.0
+        while not stop.local() and marker.exists() and time.monotonic() < end:
+            time.sleep(0.02)
+        marker.unlink(missing_ok=True)
