@@ -40,34 +40,109 @@ def trainer_keys(width: int = 100) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from genflow.training.config import GROUPS, ConfigError, compose, group_options, search_path
+    from genflow.training.config import ConfigError, compose
+    from genflow.training.sweep import check_hydra_keys
 
     if any(a in ("-h", "--help") for a in argv):
-        from genflow import nets
-
-        try:
-            extra = search_path([a for a in argv if not a.startswith("-")])
-        except ConfigError as err:
-            print(f"genflow-train: error: {err}", file=sys.stderr)
-            return 2
-        groups = "\n".join(f"  {g}: {', '.join(group_options(g, extra=extra))}" for g in GROUPS)
-        print(USAGE.format(groups=groups, nets=nets.names(), trainer=trainer_keys()))
-        return 0
-    flags = [a for a in argv if a.startswith("-")]
-    if flags:
-        print(f"genflow-train: error: unknown flag {flags[0]!r}; pass Hydra overrides KEY=VALUE (see --help)",
-              file=sys.stderr)
+        return show_help(argv)
+    try:
+        overrides, multirun, show = split_flags(argv)
+        check_hydra_keys(overrides, multirun)
+        if multirun:
+            return run_sweep(overrides, show)
+        cfg = compose(overrides)
+    except ConfigError as err:
+        print(f"genflow-train: error: {err}", file=sys.stderr)
         return 2
+    if show:
+        print(config_yaml(cfg), end="")
+        return 0
+    return run_config(cfg)
+
+
+def show_help(argv: list[str]) -> int:
+    from genflow import nets
+    from genflow.training.config import GROUPS, ConfigError, group_options, search_path
+
+    try:
+        extra = search_path([a for a in argv if not a.startswith("-")])
+    except ConfigError as err:
+        print(f"genflow-train: error: {err}", file=sys.stderr)
+        return 2
+    groups = "\n".join(f"  {g}: {', '.join(group_options(g, extra=extra))}" for g in GROUPS)
+    print(USAGE.format(groups=groups, nets=nets.names(), trainer=trainer_keys()))
+    return 0
+
+
+def split_flags(argv: list[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, ``-m``, ``--cfg job``); any other flag is a usage error."""
+    from genflow.training.config import ConfigError
+
+    overrides, multirun, show = [], False, False
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in ("-c", "--cfg") or arg.startswith("--cfg="):
+            value = arg.partition("=")[2] if "=" in arg else next(args, "")
+            if value != "job":
+                raise ConfigError(f"--cfg takes job (print the resolved config and exit); got {value!r}")
+            show = True
+        elif arg.startswith("-"):
+            raise ConfigError(f"unknown flag {arg!r}; pass Hydra overrides KEY=VALUE, -m or --cfg job (see --help)")
+        else:
+            overrides.append(arg)
+    return overrides, multirun, show
+
+
+def config_yaml(cfg: dict) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(cfg))
+
+
+def run_sweep(overrides: list[str], show: bool) -> int:
+    """``-m``: every job checked first, then run here one after another (the basic launcher) or
+    handed to a launcher plugin; the first failed job stops a basic sweep with its status."""
+    import os
+
+    from genflow.training import sweep
+    from genflow.training.config import ConfigError, config_dir
+
+    plan = sweep.parse(overrides)
+    configs = sweep.compose_jobs(plan)
+    if show:
+        print("".join(f"# job {i}: {job.name}\n{config_yaml(c)}" for i, (job, c) in enumerate(zip(plan.jobs, configs))),
+              end="")
+        return 0
+    if plan.launcher_name != "basic":
+        sweep.check_launcher(plan)
+        return sweep.launch(plan, config_dir().resolve())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("-m under torchrun: run one torchrun per job, or sweep with hydra/launcher=submitit_slurm")
+    for i, (job, cfg) in enumerate(zip(plan.jobs, configs)):
+        print(f"genflow-train: job {i + 1}/{len(configs)}: {job.name or '(no overrides)'}", file=sys.stderr, flush=True)
+        code = run_config(cfg)
+        if code:
+            print(f"genflow-train: error: sweep stopped at job {i + 1}/{len(configs)} ({job.name})", file=sys.stderr)
+            return code
+    print(f"genflow-train: sweep done, {len(configs)} jobs; run folders under {plan.base}")
+    return 0
+
+
+def run_config(cfg: dict) -> int:
+    """Train one checked config; the exit status (one line on stderr when it is not 0)."""
     from genflow.data.images import UnreadableImage
     from genflow.training import checkpoint, distributed
+    from genflow.training.config import ConfigError
     from genflow.training.trainer import Trainer, TrainingError
     from genflow.utils import OutputError, one_line
 
     try:  # everything that can be wrong with the input shows here, before any training
-        trainer = Trainer(compose(argv))
+        trainer = Trainer(cfg)
     except OutputError as err:  # a run folder that cannot be written
         return _fail(one_line(err), 1, distributed)
-    except (ConfigError, ValueError, TypeError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, TypeError, FileNotFoundError, ImportError) as err:
         return _fail(one_line(err), 2, distributed)
     finished = False
     try:

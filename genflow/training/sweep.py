@@ -1,0 +1,179 @@
+"""``genflow-train -m``: Hydra sweeps, each combination in its own run folder named after its overrides.
+
+The combinations are Hydra's basic sweeper's, read by Hydra's public override parser
+(``a=1,2 b=x,y`` gives 4 jobs; ``range(...)``, ``choice(...)`` and ``glob(...)`` work too). A
+job's folder is ``BASE/<its swept overrides, sorted, joined by ','>`` (Hydra's
+``override_dirname`` without the keys every job shares), ``BASE`` being ``run_dir`` or
+``runs/multirun``: a rerun of the sweep resumes every job, and every rank of a job (or task of a
+SLURM job) derives the same folder, never a timestamped one per rank (facebookresearch/hydra#2070).
+
+Every job is composed and checked before any starts. The basic launcher runs them here, one after
+another; another launcher (``hydra/launcher=submitit_local`` or ``submitit_slurm``, from the
+hydra-submitit-launcher plugin) gets them through Hydra's own multirun (``hydra.main``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from genflow.training.config import ConfigError
+
+HONOURED = "hydra.searchpath, and with -m hydra/launcher=NAME and hydra.launcher.KEY=VALUE"
+DEFAULT_BASE = Path("runs") / "multirun"
+
+
+@dataclass(frozen=True)
+class Job:
+    overrides: tuple[str, ...]  # the job's overrides, hydra.* and run_dir left out
+    swept: tuple[str, ...]      # those that vary across the sweep
+
+    @property
+    def name(self) -> str:
+        """Hydra's ``override_dirname`` of the swept overrides."""
+        return ",".join(sorted(self.swept))
+
+
+@dataclass(frozen=True)
+class Sweep:
+    jobs: tuple[Job, ...]
+    base: Path
+    searchpath: tuple[str, ...]  # hydra.searchpath=... overrides, passed to every job
+    launcher: tuple[str, ...]    # hydra/launcher=NAME and hydra.launcher.* overrides
+    fixed_keys: tuple[str, ...]  # the keys every job shares (left out of the folder names)
+    command: tuple[str, ...]     # the sweep's own overrides (``key=a,b``), hydra.* and run_dir left out
+
+    @property
+    def launcher_name(self) -> str:
+        chosen = [o.partition("=")[2] for o in self.launcher if o.startswith("hydra/launcher=")]
+        return chosen[-1] if chosen else "basic"
+
+    def folder(self, job: Job) -> Path:
+        return self.base / job.name if job.name else self.base
+
+
+def _key(line: str) -> str:
+    return line.partition("=")[0].lstrip("+~")
+
+
+def check_hydra_keys(overrides: list[str], multirun: bool) -> None:
+    """Refuse the ``hydra.*`` overrides genflow-train would otherwise ignore, in one line."""
+    for line in overrides:
+        key = _key(line)
+        if not (key == "hydra" or key.startswith(("hydra.", "hydra/"))) or key == "hydra.searchpath":
+            continue
+        launcher = key == "hydra/launcher" or key.startswith("hydra.launcher.")
+        if launcher and multirun:
+            continue
+        where = "; it needs -m (a sweep)" if launcher else ""
+        hint = " (the run folder is run_dir=PATH)" if key.startswith(("hydra.run", "hydra.sweep")) else ""
+        raise ConfigError(f"{key}: genflow-train does not use this Hydra setting{where}{hint}; it honours {HONOURED}")
+
+
+def parse(overrides: list[str]) -> Sweep:
+    """The jobs of a ``-m`` command line: every combination of its swept values, in Hydra's order."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra = [o for o in overrides if _key(o).startswith("hydra")]
+    rest = [o for o in overrides if o not in hydra]
+    parsed = OverridesParser.create().parse_overrides(rest)
+    base = DEFAULT_BASE
+    choices, fixed = [], []
+    for line, o in zip(rest, parsed):
+        prefix = line[: len(line) - len(line.lstrip("+~"))]
+        if o.key_or_group == "run_dir":
+            if o.is_sweep_override():
+                raise ConfigError("run_dir cannot be swept; it is the sweep's folder (each job gets a subfolder)")
+            base = Path(o.get_value_element_as_str())
+            continue
+        if o.is_sweep_override():
+            choices.append([f"{prefix}{o.key_or_group}={v}" for v in o.sweep_string_iterator()])
+        else:
+            choices.append([line])
+            fixed.append(o.key_or_group)
+    swept = {i for i, c in enumerate(choices) if _key(c[0]) not in fixed}
+    jobs = tuple(Job(combo, tuple(combo[i] for i in sorted(swept))) for combo in itertools.product(*choices))
+    launcher = tuple(o for o in hydra if _key(o) != "hydra.searchpath")
+    if any(_key(o).startswith("hydra.launcher.") for o in launcher) and not any(
+            o.startswith("hydra/launcher=") for o in launcher):
+        raise ConfigError("hydra.launcher.KEY needs a launcher plugin: add hydra/launcher=submitit_local or "
+                          "submitit_slurm (the basic launcher has no settings)")
+    command = tuple(line for line, o in zip(rest, parsed) if o.key_or_group != "run_dir")
+    return Sweep(jobs, base, tuple(o for o in hydra if _key(o) == "hydra.searchpath"), launcher, tuple(fixed),
+                 command)
+
+
+def compose_jobs(sweep: Sweep) -> list[dict]:
+    """Every job's checked config, its run folder filled in; the first bad one is one line naming it."""
+    from genflow.training.config import compose
+
+    configs = []
+    for job in sweep.jobs:
+        try:
+            cfg = compose([*sweep.searchpath, *job.overrides])
+        except ConfigError as err:
+            raise ConfigError(f"job {job.name or '(no overrides)'}: {err}") from None
+        configs.append({**cfg, "run_dir": str(sweep.folder(job))})  # not an override: '=' and ',' in it
+    return configs
+
+
+def launcher_options() -> list[str]:
+    """The launchers Hydra finds: basic, and those of installed plugins (submitit_local, ...)."""
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # imports the installed plugins, which register their launcher configs
+    return sorted(name.removesuffix(".yaml") for name in ConfigStore.instance().list("hydra/launcher"))
+
+
+def check_launcher(sweep: Sweep) -> None:
+    name = sweep.launcher_name
+    options = launcher_options()
+    if name not in options:
+        extra = " (pip install 'genflow[submitit]')" if name.startswith("submitit") else ""
+        raise ConfigError(f"unknown hydra/launcher {name!r}{extra}; available: {', '.join(options)}")
+
+
+def launch(sweep: Sweep, root: Path) -> int:
+    """Hand the sweep to a launcher plugin through Hydra's multirun; 0 when every job finished."""
+    import hydra
+
+    base = sweep.base.resolve()
+    exclude = ",".join(["run_dir", *sweep.fixed_keys])
+    argv = [sys.argv[0], "-m", *sweep.searchpath, *sweep.command, *sweep.launcher,
+            f"hydra.sweep.dir={base}", "hydra.sweep.subdir=${hydra.job.override_dirname}",
+            f"hydra.job.config.override_dirname.exclude_keys=[{exclude}]", "hydra.output_subdir=null",
+            "hydra.job.chdir=false", "hydra/job_logging=none"]
+    saved, sys.argv = sys.argv, argv
+    try:
+        hydra.main(config_path=str(root), config_name="config", version_base=None)(launched_job)()
+    except SystemExit as err:  # Hydra reports a failed job, then exits
+        return int(err.code or 1)
+    finally:
+        sys.argv = saved
+    return 0
+
+
+class JobFailed(RuntimeError):
+    """A launched job ended with a nonzero genflow-train status (its one line is on its stderr)."""
+
+
+def launched_job(cfg) -> str:
+    """The task a launcher plugin runs (in another process, perhaps on another machine): train in
+    the job's folder, ``hydra.sweep.dir/hydra.sweep.subdir``; one line on failure."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from genflow.train import run_config
+    from genflow.training.config import checked
+
+    hc = HydraConfig.get()
+    folder = Path(hc.sweep.dir) / hc.sweep.subdir
+    config = checked(cfg)
+    config["run_dir"] = str(folder)
+    code = run_config(config)
+    if code:
+        raise JobFailed(f"job {hc.sweep.subdir}: genflow-train exit status {code}; its error is above")
+    return str(folder)
+
