@@ -2,6 +2,7 @@
 
     genflow-train process=vpsde model=unet_cifar10 data=cifar10 trainer.batch_size=128
     torchrun --nproc_per_node=4 -m genflow.train trainer.steps=100000 run_dir=runs/cifar
+    genflow-train -m trainer.lr=1e-3,2e-3 process=ddpm,vpsde          # a sweep: genflow.training.sweep
 
 Bad input ends in one line on stderr: exit 2 for a config or usage error, 1 for a failed run.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: genflow-train [GROUP=OPTION ...] [KEY=VALUE ...]
+USAGE = """usage: genflow-train [-m] [--cfg job] [GROUP=OPTION ...] [KEY=VALUE ...]
 
 Hydra overrides of configs/config.yaml (or $GENFLOW_CONFIG_DIR/config.yaml). Groups and their options:
 {groups}
@@ -23,6 +24,12 @@ Running the same command again resumes from the newest loadable checkpoint in RU
 (last.pt, or a newer step file) and removes temporary files of a writer killed mid-write.
 GENFLOW_CONFIG_DIR=PATH composes another configs folder (default: the checkout's configs/, else the installed copy).
 Under torchrun every worker runs this; all share one run folder and only rank 0 writes.
+-m (--multirun): a Hydra sweep, e.g. -m trainer.lr=1e-3,2e-3 process=ddpm,vpsde: every combination in
+  RUN_DIR/<its swept overrides> (RUN_DIR: run_dir, default runs/multirun), one after another; with
+  hydra/launcher=submitit_local or submitit_slurm (pip install 'genflow[submitit]') through submitit,
+  hydra.launcher.KEY=VALUE setting the launcher. Other hydra.* overrides are refused.
+--cfg job: print the resolved config (every job's with -m) and exit.
+trainer.logger=tensorboard also writes TensorBoard events to RUN_DIR/tensorboard (pip install 'genflow[tensorboard]').
 Exit status: 0 done, 2 bad config or usage, 1 a failed run (one line on stderr)."""
 
 
@@ -45,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if any(a in ("-h", "--help") for a in argv):
         return show_help(argv)
+    from genflow.threads import set_cpu_threads
+
+    set_cpu_threads()  # no more threads than this process may run at once (a busy machine: BENCHMARKS.md)
     try:
         overrides, multirun, show = split_flags(argv)
         check_hydra_keys(overrides, multirun)
