@@ -14,6 +14,8 @@ hydra-submitit-launcher plugin) gets them through Hydra's own multirun (``hydra.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import sys
 from dataclasses import dataclass
@@ -147,13 +149,24 @@ def launch(sweep: Sweep, root: Path) -> int:
             f"hydra.job.config.override_dirname.exclude_keys=[{exclude}]", "hydra.output_subdir=null",
             "hydra.job.chdir=false", "hydra/job_logging=none"]
     saved, sys.argv = sys.argv, argv
+    report = io.StringIO()
     try:
-        hydra.main(config_path=str(root), config_name="config", version_base=None)(launched_job)()
-    except SystemExit as err:  # Hydra reports a failed job, then exits
-        return int(err.code or 1)
+        with contextlib.redirect_stderr(report):
+            hydra.main(config_path=str(root), config_name="config", version_base=None)(launched_job)()
+    except SystemExit:  # Hydra printed a failed job's traceback, then exited: its last line, the job's error
+        failed = [line for line in report.getvalue().splitlines() if line.startswith(f"{JobFailed.__module__}.")]
+        print(f"genflow-train: error: {failed[-1].partition(': ')[2] if failed else one_line_of(report)}",
+              file=sys.stderr)
+        return 1
     finally:
         sys.argv = saved
+    sys.stderr.write(report.getvalue())
     return 0
+
+
+def one_line_of(report: io.StringIO) -> str:
+    lines = [line for line in report.getvalue().splitlines() if line.strip() and "HYDRA_FULL_ERROR" not in line]
+    return lines[-1] if lines else "the launcher failed"
 
 
 class JobFailed(RuntimeError):
@@ -172,8 +185,26 @@ def launched_job(cfg) -> str:
     folder = Path(hc.sweep.dir) / hc.sweep.subdir
     config = checked(cfg)
     config["run_dir"] = str(folder)
-    code = run_config(config)
+    errors = LastLine(sys.stderr)
+    with contextlib.redirect_stderr(errors):
+        code = run_config(config)
     if code:
-        raise JobFailed(f"job {hc.sweep.subdir}: genflow-train exit status {code}; its error is above")
+        raise JobFailed(f"job {hc.sweep.subdir or '(no overrides)'}: "
+                        f"{errors.last.removeprefix('genflow-train: error: ')} (exit status {code})")
     return str(folder)
+
+
+class LastLine(io.TextIOBase):
+    """A stream that passes text on and keeps its last non-empty line."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.last = stream, ""
+
+    def write(self, text: str) -> int:
+        lines = [line for line in text.splitlines() if line.strip()]
+        self.last = lines[-1] if lines else self.last
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
 
