@@ -27,6 +27,7 @@ import time
 SETTINGS = {
     "default (2 threads, OpenMP default wait)": (0, {}),
     "2 threads, OMP_WAIT_POLICY=PASSIVE": (0, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "2 threads, GOMP_SPINCOUNT=10000": (0, {"GOMP_SPINCOUNT": "10000"}),
     "1 thread": (1, {}),
     "1 thread, OMP_WAIT_POLICY=PASSIVE": (1, {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--burners", type=int, default=3)
     parser.add_argument("--loads", default="busy,quiet", help="which cases to run, in this order")
+    parser.add_argument("--settings", default="", help="a comma list of setting numbers (from 0) to run; all by default")
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -91,14 +93,15 @@ def main() -> None:
         child(args.steps, args.batch, args.threads)
         return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # a timeout still ends the burners (finally)
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY"):
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
         os.environ.pop(key, None)  # each setting says its own
+    chosen = [n for i, n in enumerate(SETTINGS) if not args.settings or str(i) in args.settings.split(",")]
     rows: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):
         for load in args.loads.split(","):
             procs = burners(args.burners) if load == "busy" else []
             try:
-                for name in SETTINGS:
+                for name in chosen:
                     rows.setdefault((load, name), []).append(run_setting(name, args.steps, args.batch))
                     print(load, name, rows[load, name][-1], file=sys.stderr, flush=True)
             finally:

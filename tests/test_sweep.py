@@ -58,6 +58,7 @@ def test_the_sweep_plan_is_hydras_basic_sweeper_order():
     (["-m", "hydra.launcher.timeout_min=5", "trainer.lr=1e-3,2e-3"], "hydra.launcher.KEY needs a launcher plugin"),
     (["-m", "hydra/launcher=nope", "trainer.lr=1e-3,2e-3"], "unknown hydra/launcher 'nope'; available: basic"),
     (["-m", "run_dir=a,b"], "run_dir cannot be swept"),
+    (["-m", "trainer.lr=1e-3,,"], "trainer.lr=1e-3,,"),  # Hydra's grammar: no empty value
     (["-m", "trainer.lr=1e-3,-1"], "job trainer.lr=-1: trainer.lr must be > 0; got -1"),
     (["--cfg", "hydra"], "--cfg takes job"),
 ])

@@ -1,7 +1,7 @@
 """``genflow-train -m``: Hydra sweeps, each combination in its own run folder named after its overrides.
 
 The combinations are Hydra's basic sweeper's, read by Hydra's public override parser
-(``a=1,2 b=x,y`` gives 4 jobs; ``range(...)``, ``choice(...)`` and ``glob(...)`` work too). A
+(``a=1,2 b=x,y`` gives 4 jobs; ``range(...)`` and ``choice(...)`` work too). A
 job's folder is ``BASE/<its swept overrides, sorted, joined by ','>`` (Hydra's
 ``override_dirname`` without the keys every job shares), ``BASE`` being ``run_dir`` or
 ``runs/multirun``: a rerun of the sweep resumes every job, and every rank of a job (or task of a
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genflow.training.config import ConfigError
+from genflow.utils import one_line
 
 HONOURED = "hydra.searchpath, and with -m hydra/launcher=NAME and hydra.launcher.KEY=VALUE"
 DEFAULT_BASE = Path("runs") / "multirun"
@@ -60,11 +61,16 @@ def _key(line: str) -> str:
     return line.partition("=")[0].lstrip("+~")
 
 
+def _is_hydra(line: str) -> bool:
+    key = _key(line)
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
 def check_hydra_keys(overrides: list[str], multirun: bool) -> None:
     """Refuse the ``hydra.*`` overrides genflow-train would otherwise ignore, in one line."""
     for line in overrides:
         key = _key(line)
-        if not (key == "hydra" or key.startswith(("hydra.", "hydra/"))) or key == "hydra.searchpath":
+        if not _is_hydra(line) or key == "hydra.searchpath":
             continue
         launcher = key == "hydra/launcher" or key.startswith("hydra.launcher.")
         if launcher and multirun:
@@ -77,10 +83,16 @@ def check_hydra_keys(overrides: list[str], multirun: bool) -> None:
 def parse(overrides: list[str]) -> Sweep:
     """The jobs of a ``-m`` command line: every combination of its swept values, in Hydra's order."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
-    hydra = [o for o in overrides if _key(o).startswith("hydra")]
+    hydra = [o for o in overrides if _is_hydra(o)]
     rest = [o for o in overrides if o not in hydra]
-    parsed = OverridesParser.create().parse_overrides(rest)
+    parser, parsed = OverridesParser.create(), []
+    for line in rest:
+        try:
+            parsed.append(parser.parse_override(line))
+        except HydraException as err:
+            raise ConfigError(f"{line}: {one_line(err).split(' See https://')[0]}") from None
     base = DEFAULT_BASE
     choices, fixed = [], []
     for line, o in zip(rest, parsed):
