@@ -6,7 +6,15 @@
     loss = process.loss(net, x0)          # denoising score matching, lambda = sigma^2
 """
 
-from genflow import nets, processes, testing
+import sys as _sys
+
+from genflow import threads as _threads
+
+# Before torch loads, or OpenMP never reads it: threads that sleep at barriers instead of spinning
+# (a busy machine; genflow/threads.py). A value already set, or torch imported first, wins.
+_threads.default_wait_policy(imported="torch" in _sys.modules)
+
+from genflow import nets, processes, testing  # noqa: E402
 from genflow.utils import append_dims
 
 __version__ = "0.1.0"

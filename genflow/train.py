@@ -2,6 +2,7 @@
 
     genflow-train process=vpsde model=unet_cifar10 data=cifar10 trainer.batch_size=128
     torchrun --nproc_per_node=4 -m genflow.train trainer.steps=100000 run_dir=runs/cifar
+    genflow-train -m trainer.lr=1e-3,2e-3 process=ddpm,vpsde          # a sweep: genflow.training.sweep
 
 Bad input ends in one line on stderr: exit 2 for a config or usage error, 1 for a failed run.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-USAGE = """usage: genflow-train [GROUP=OPTION ...] [KEY=VALUE ...]
+USAGE = """usage: genflow-train [-m] [--cfg job] [GROUP=OPTION ...] [KEY=VALUE ...]
 
 Hydra overrides of configs/config.yaml (or $GENFLOW_CONFIG_DIR/config.yaml). Groups and their options:
 {groups}
@@ -26,6 +27,12 @@ Under torchrun (or srun, without torchrun: the group forms from SLURM's variable
 runs this; all share one run folder, which one trainer at a time may use (RUN_DIR/.genflow.lock).
 trainer.stop_signals (SIGTERM, SIGUSR1) and trainer.max_minutes stop every rank at one step (within
 about 0.5 s) with a checkpoint there; the same command resumes; see docs/slurm.md.
+-m (--multirun): a Hydra sweep, e.g. -m trainer.lr=1e-3,2e-3 process=ddpm,vpsde: every combination in
+  RUN_DIR/<its swept overrides> (RUN_DIR: run_dir, default runs/multirun), one after another; with
+  hydra/launcher=submitit_local or submitit_slurm (pip install 'genflow[submitit]') through submitit,
+  hydra.launcher.KEY=VALUE setting the launcher. Other hydra.* overrides are refused.
+--cfg job: print the resolved config (every job's with -m) and exit.
+trainer.logger=tensorboard also writes TensorBoard events to RUN_DIR/tensorboard (pip install 'genflow[tensorboard]').
 Exit status: 0 done (or stopped so: trainer.requeue_exit_code, default 0), 2 bad config or usage,
 1 a failed run or a run folder in use (one line on stderr)."""
 
@@ -44,34 +51,112 @@ def trainer_keys(width: int = 100) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from genflow.training.config import GROUPS, ConfigError, compose, group_options, search_path
+    from genflow.training.config import ConfigError, compose
+    from genflow.training.sweep import check_hydra_keys
 
     if any(a in ("-h", "--help") for a in argv):
-        from genflow import nets
+        return show_help(argv)
+    from genflow.threads import set_cpu_threads
 
-        try:
-            extra = search_path([a for a in argv if not a.startswith("-")])
-        except ConfigError as err:
-            print(f"genflow-train: error: {err}", file=sys.stderr)
-            return 2
-        groups = "\n".join(f"  {g}: {', '.join(group_options(g, extra=extra))}" for g in GROUPS)
-        print(USAGE.format(groups=groups, nets=nets.names(), trainer=trainer_keys()))
-        return 0
-    flags = [a for a in argv if a.startswith("-")]
-    if flags:
-        print(f"genflow-train: error: unknown flag {flags[0]!r}; pass Hydra overrides KEY=VALUE (see --help)",
-              file=sys.stderr)
+    set_cpu_threads()  # no more threads than this process may run at once (a busy machine: BENCHMARKS.md)
+    try:
+        overrides, multirun, show = split_flags(argv)
+        check_hydra_keys(overrides, multirun)
+        if multirun:
+            return run_sweep(overrides, show)
+        cfg = compose(overrides)
+    except ConfigError as err:
+        print(f"genflow-train: error: {err}", file=sys.stderr)
         return 2
+    if show:
+        print(config_yaml(cfg), end="")
+        return 0
+    return run_config(cfg)
+
+
+def show_help(argv: list[str]) -> int:
+    from genflow import nets
+    from genflow.training.config import GROUPS, ConfigError, group_options, search_path
+
+    try:
+        extra = search_path([a for a in argv if not a.startswith("-")])
+    except ConfigError as err:
+        print(f"genflow-train: error: {err}", file=sys.stderr)
+        return 2
+    groups = "\n".join(f"  {g}: {', '.join(group_options(g, extra=extra))}" for g in GROUPS)
+    print(USAGE.format(groups=groups, nets=nets.names(), trainer=trainer_keys()))
+    return 0
+
+
+def split_flags(argv: list[str]) -> tuple[list[str], bool, bool]:
+    """(overrides, ``-m``, ``--cfg job``); any other flag is a usage error."""
+    from genflow.training.config import ConfigError
+
+    overrides, multirun, show = [], False, False
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in ("-c", "--cfg") or arg.startswith("--cfg="):
+            value = arg.partition("=")[2] if "=" in arg else next(args, "")
+            if value != "job":
+                raise ConfigError(f"--cfg takes job (print the resolved config and exit); got {value!r}")
+            show = True
+        elif arg.startswith("-"):
+            raise ConfigError(f"unknown flag {arg!r}; pass Hydra overrides KEY=VALUE, -m or --cfg job (see --help)")
+        else:
+            overrides.append(arg)
+    return overrides, multirun, show
+
+
+def config_yaml(cfg: dict) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.create(cfg))
+
+
+def run_sweep(overrides: list[str], show: bool) -> int:
+    """``-m``: every job checked first, then run here one after another (the basic launcher) or
+    handed to a launcher plugin; the first failed job stops a basic sweep with its status."""
+    import os
+
+    from genflow.training import sweep
+    from genflow.training.config import ConfigError, config_dir
+
+    plan = sweep.parse(overrides)
+    configs = sweep.compose_jobs(plan)
+    if show:
+        print("".join(f"# job {i}: {job.name}\n{config_yaml(c)}" for i, (job, c) in enumerate(zip(plan.jobs, configs))),
+              end="")
+        return 0
+    if plan.launcher_name != "basic":
+        sweep.check_launcher(plan)
+        return sweep.launch(plan, config_dir().resolve())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("-m under torchrun: run one torchrun per job, or sweep with hydra/launcher=submitit_slurm")
+    for i, (job, cfg) in enumerate(zip(plan.jobs, configs)):
+        print(f"genflow-train: job {i + 1}/{len(configs)}: {job.name or '(no overrides)'}", file=sys.stderr, flush=True)
+        code = run_config(cfg)
+        if code:
+            print(f"genflow-train: error: sweep stopped at job {i + 1}/{len(configs)} ({job.name})", file=sys.stderr)
+            return code
+    print(f"genflow-train: sweep done, {len(configs)} jobs; run folders under {plan.base}")
+    return 0
+
+
+def run_config(cfg: dict) -> int:
+    """Train one checked config; the exit status (one line on stderr when it is not 0)."""
     from genflow.data.images import UnreadableImage
     from genflow.training import checkpoint, distributed, lock
+    from genflow.training.config import ConfigError
     from genflow.training.trainer import Trainer, TrainingError
     from genflow.utils import OutputError, one_line
 
     try:  # everything that can be wrong with the input shows here, before any training
-        trainer = Trainer(compose(argv))
+        trainer = Trainer(cfg)
     except OutputError as err:  # a run folder that cannot be written
         return _fail(one_line(err), 1, distributed)
-    except (ConfigError, ValueError, TypeError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, TypeError, FileNotFoundError, ImportError) as err:
         return _fail(one_line(err), 2, distributed)
     finished = False
     try:

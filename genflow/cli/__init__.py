@@ -25,8 +25,10 @@ class Parser(argparse.ArgumentParser):
 def guarded(prog: str, work: Callable[[], str]) -> int:
     """Run ``work`` and print what it returns. Bad input ends in one line and exit 2; a checkpoint
     that cannot be used, a missing file or a failed run in one line and exit 1."""
+    from genflow.threads import set_cpu_threads
     from genflow.training.checkpoint import CheckpointError
 
+    set_cpu_threads()  # no more threads than this process may run at once (a busy machine: BENCHMARKS.md)
     try:
         message = work()
     except (UsageError, ValueError, TypeError) as err:

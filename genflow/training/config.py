@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from genflow.accel import PRECISIONS
+from genflow.training.loggers import LOGGERS
 from genflow.utils import one_line
 
 GROUPS = ("process", "model", "data", "sampler", "trainer")
@@ -56,6 +57,7 @@ class TrainerConfig:
     max_bad_steps: int = 10           # stop after this many non-finite steps in a row (fp16's first
                                       # loss-scale overflows count too: they are skipped steps)
     progress: bool = True
+    logger: str = "jsonl"             # jsonl (metrics.jsonl) | tensorboard (also TensorBoard events)
     cond_drop_prob: float = 0.0       # classifier-free guidance: P(label -> null class) per example
     stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])  # stop at the next step, saved
     max_minutes: float = 0.0          # wall-clock budget of this start; stops like a signal when it runs out (0: none)
@@ -135,12 +137,19 @@ def compose(overrides: list[str], root: Path | None = None) -> dict:
         _check_group_choices(overrides, root)
         with initialize_config_dir(config_dir=str(root), version_base=None, job_name="genflow"):
             cfg = hydra_compose("config", overrides=overrides)
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:
-            raise ConfigError(f"{', '.join(missing)} must be given (the config marks it ???); pass "
-                              f"{missing[0]}=VALUE")
-        return validate(OmegaConf.to_container(cfg, resolve=True))
+        return checked(cfg)
     except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+def checked(cfg) -> dict:
+    """A composed ``DictConfig`` as the checked plain dict: no ``???`` left, then ``validate``."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be given (the config marks it ???); pass {missing[0]}=VALUE")
+    try:
+        return validate(OmegaConf.to_container(cfg, resolve=True))
+    except OmegaConfBaseException as err:
         raise ConfigError(_one_line(err)) from None
 
 
@@ -177,6 +186,8 @@ def _check_trainer(t: TrainerConfig) -> None:
     if bad:
         raise ConfigError(f"{', '.join(bad)}: counts must be >= 1 (warmup, sample_every, keep, num_workers, "
                           "grad_clip, weight_decay >= 0)")
+    if t.logger not in LOGGERS:
+        raise ConfigError(f"trainer.logger must be one of {', '.join(LOGGERS)}; got {t.logger!r}")
     if t.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision must be one of {', '.join(PRECISIONS)}; got {t.precision!r}")
     if not 0.0 <= t.ema_decay < 1.0:

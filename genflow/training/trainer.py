@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import math
 import os
 import sys
@@ -29,9 +28,10 @@ from genflow import accel, nets, processes, samplers
 from genflow import data as datasets
 from genflow.processes.base import GaussianPath
 from genflow.samplers.guidance import class_embedding
-from genflow.training import checkpoint, distributed, lock, stops
+from genflow.training import checkpoint, distributed, lock, loggers, stops
 from genflow.training.config import ConfigError, trainer_config
 from genflow.training.ema import EMA
+from genflow.training.loggers import MetricsLog
 from genflow.utils import check_writable_folder, error_line, remove_stale_temps
 
 
@@ -155,6 +155,9 @@ class Trainer:
         self.step, self.bad_streak, self.skipped = 0, 0, 0
         self.stop_signals = stops.parse_signals(self.tc.stop_signals)
         self.stopped: str | None = None  # why fit() stopped before trainer.steps (a signal, the time budget)
+        loggers.require(self.tc.logger)
+        self.metrics: MetricsLog | None = None  # rank 0's, from fit() on
+        self.elapsed_before, self.clock = 0.0, time.perf_counter()  # training seconds of earlier runs; this one's start
         torch.manual_seed(self.tc.seed * self.dist.world + self.dist.rank)  # rank-local randomness
 
     # ------------------------------------------------------------------ build
@@ -214,6 +217,7 @@ class Trainer:
         if state["scaler"]:  # empty when the run was not fp16: a fresh scaler then starts
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self.elapsed_before = float(state.get("elapsed", 0.0))  # absent in checkpoints of older versions
         rng = state["rng"]
         if len(rng) == self.dist.world:  # the same layout: every rank continues its own stream
             torch.set_rng_state(rng[self.dist.rank]["cpu"])
@@ -322,9 +326,19 @@ class Trainer:
 
     # -------------------------------------------------------------------- log
     def log(self, record: dict) -> None:
-        if self.dist.main:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if self.metrics is not None:
+            self.metrics.log(record)
+
+    def elapsed(self) -> float:
+        """Training seconds of this run and of the runs it resumes."""
+        return self.elapsed_before + time.perf_counter() - self.clock
+
+    def window_record(self, loss: float, grad_norm: Tensor, seen: int, steps: int, seconds: float) -> dict:
+        """The record of a logging window: ``steps`` steps (``seen`` of them finite) in ``seconds``."""
+        return {"step": self.step, "loss": loss, "grad_norm": float(grad_norm), "lr": self.lr(),
+                "examples_per_sec": seen * self.tc.batch_size / seconds, "skipped_total": self.skipped,
+                "elapsed_sec": self.elapsed(), "eta_sec": (self.tc.steps - self.step) * seconds / max(steps, 1),
+                "peak_mem_mib": loggers.peak_memory_mib(self.device)}
 
     # ----------------------------------------------------------------- sample
     @torch.no_grad()
@@ -351,6 +365,8 @@ class Trainer:
             save_image((out.float().clamp(-1, 1) + 1) / 2, path, nrow=nrow)
         else:
             datasets.render_points(out.float().reshape(len(out), -1)[:, :2].cpu(), path)
+        if self.metrics is not None:
+            self.metrics.image("samples", path, self.step)
         return path
 
     # ------------------------------------------------------------------- save
@@ -365,7 +381,7 @@ class Trainer:
                 "step": self.step, "config": self.cfg, "model": self.net.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(), "rng": rngs,
                 "data": {"epoch": epoch, "batch": batch, "world": self.dist.world},
-                "data_shape": list(self.data.shape),
+                "data_shape": list(self.data.shape), "elapsed": self.elapsed(),
             }, self.ckpt_dir, keep=self.tc.keep)
         distributed.barrier()
 
@@ -408,11 +424,13 @@ class Trainer:
             from omegaconf import OmegaConf
 
             OmegaConf.save(OmegaConf.create(self.cfg), self.run_dir / "config.yaml")
+            self.metrics = MetricsLog(self.run_dir, self.tc.logger, self.step)
             self.log({"event": "resume" if resumed else "start", "step": self.step, "world": self.dist.world})
+        self.clock = time.perf_counter()
         fault = Fault.from_env()
         bar = tqdm(total=self.tc.steps, initial=self.step, disable=not (self.dist.main and self.tc.progress),
                    desc="train", dynamic_ncols=True)
-        window, seen, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
+        window, seen, tick, first = torch.zeros((), device=self.device), 0, time.perf_counter(), self.step
         batches = self.batches()
         while self.step < self.tc.steps:
             x, y = next(batches)
@@ -426,10 +444,9 @@ class Trainer:
             if self.step % self.tc.log_every == 0 or self.step == self.tc.steps:
                 mean = distributed.mean(window / max(seen, 1)).item()
                 elapsed = time.perf_counter() - tick
-                self.log({"step": self.step, "loss": mean, "grad_norm": float(grad_norm), "lr": self.lr(),
-                          "examples_per_sec": seen * self.tc.batch_size / elapsed, "skipped_total": self.skipped})
+                self.log(self.window_record(mean, grad_norm, seen, self.step - first, elapsed))
                 bar.set_postfix(loss=f"{mean:.4f}")
-                window, seen, tick = torch.zeros((), device=self.device), 0, time.perf_counter()
+                window, seen, tick, first = torch.zeros((), device=self.device), 0, time.perf_counter(), self.step
             saved = self.step % self.tc.ckpt_every == 0 or self.step == self.tc.steps
             if saved:
                 self.save()
@@ -461,6 +478,9 @@ class Trainer:
         would otherwise outlive ``destroy_process_group`` and be torn down with the interpreter at
         exit, where Gloo's threads can abort a finished run (SIGABRT, and torchrun reports a failure).
         The trainer stays usable on one process (``model`` is the bare net again, compiled or not)."""
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if isinstance(self.model, DistributedDataParallel):
             self.model = self.model.module
             gc.collect()  # the wrapper may sit in reference cycles
