@@ -185,3 +185,51 @@ def test_nfe_is_honest_and_bad_options_are_one_line(sampler):
 def test_classes_are_registered_with_their_names():
     from genflow.samplers import SAMPLERS
     assert SAMPLERS["lms"] is LMS and SAMPLERS["ipndm"] is IPNDM and LMS.name == "lms" and IPNDM.name == "ipndm"
+
+
+@pytest.mark.parametrize("name", ["ddpm", "vpsde", "flow_matching"])
+@pytest.mark.parametrize("sampler", ["lms", "dpmpp_2m", "heun"])
+def test_a_given_grid_of_a_schedules_own_levels_or_times_is_that_schedule(name, sampler):
+    """sigmas= (levels after t_max) and times= (with t_max first) rebuild the karras grid exactly
+    (for heun t_max given as a time is a level of the grid where s(t_max) is finite: its trapezoid
+    starts there instead of jumping)."""
+    process = PROCESSES[name]()
+    model, x = gaussian().model(process), start(n=8, scale=process.prior_std())
+    grid = noise_grid(process, 6, "karras")
+    kw = dict(sampler=sampler, steps=6, noise=x)
+    built = run(model, process, schedule="karras", **kw)
+    by_levels = run(model, process, sigmas=grid.sigmas[1:], **kw)
+    by_times = run(model, process, times=grid.times, **kw)
+    assert by_levels.nfe == built.nfe and torch.allclose(by_levels.samples, built.samples, atol=1e-9)
+    if sampler != "heun" or name == "flow_matching":
+        assert by_times.nfe == built.nfe and torch.equal(by_times.samples, built.samples)
+
+
+@pytest.mark.parametrize("grid,message", [
+    (dict(sigmas=[80.0, 10.0, 1.0], steps=20), "the given sigmas make 4 steps \\(3 from t_max, 1 to s = 0\\); pass steps=4, not 20"),
+    (dict(sigmas=[10.0, 80.0, 1.0], steps=4), "sigmas must be strictly decreasing \\(from noise to data\\); got \\[10.0, 80.0, 1.0\\]"),
+    (dict(sigmas=[1e6, 1.0], steps=3), "sigmas must lie in \\[0.0010005, 152.167\\] for VPSDE"),
+    (dict(sigmas=[1.0, 1e-4], steps=3), "sigmas must lie in \\[0.0010005, 152.167\\] for VPSDE"),
+    (dict(times=[0.5, 0.1, -1.0], steps=4), "times must lie in \\[1e-05, 1\\] for VPSDE"),
+    (dict(times=[1.0, 0.5], sigmas=[1.0], steps=2), "give one of sigmas= \\(levels sigma/alpha\\) or times= for a given grid"),
+    (dict(sigmas=[8.0, 1.0], sigma_min=0.5, steps=3), "a given grid \\(sigmas or times\\) sets its own ends; leave sigma_min"),
+    (dict(sigmas=[8.0, 0.0], steps=3), "sigmas must be a non-empty list of finite numbers > 0, or None"),
+    (dict(sigmas=[], steps=1), "sigmas must be a non-empty list of finite numbers > 0, or None"),
+    (dict(times=[1.0, math.nan], steps=2), "times must be a non-empty list of finite numbers, or None"),
+])
+def test_a_bad_given_grid_is_refused_in_one_line(grid, message):
+    process = PROCESSES["vpsde"]()
+    calls = []
+    with pytest.raises(ValueError, match=f"^sampler 'lms': {message}") as err:
+        run(lambda x, t: calls.append(1), process, sampler="lms", shape=(2, 2), **grid)
+    assert "\n" not in str(err.value) and not calls
+
+
+def test_a_given_grid_reads_from_one_command_line_word():
+    from genflow.samplers.base import Floats
+    from genflow.cli.sample import parser
+    assert Floats("80,10, 1,0.1") == (80.0, 10.0, 1.0, 0.1)
+    args = parser().parse_args(["--ckpt", "x.pt", "--sampler", "lms", "--sigmas", "80,10,1", "--steps", "4"])
+    assert args.sigmas == (80.0, 10.0, 1.0)
+    assert LMS(steps=4, sigmas=[80, 10, 1]).sigmas == (80.0, 10.0, 1.0)  # a list becomes a tuple: hashable
+    hash(LMS(steps=4, sigmas=[80, 10, 1]))
