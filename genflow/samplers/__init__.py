@@ -24,6 +24,7 @@ from genflow.samplers.guidance import check_guidance, unconditional
 from genflow.samplers.multistep import IPNDM, LMS
 from genflow.samplers.ode import ODE
 from genflow.samplers.sde import EulerMaruyama, PredictorCorrector
+from genflow.samplers.unipc import UniPC
 from genflow.samplers.solvers import SCHEDULES, DPMSolverPP2M, DPMSolverPP3M, Heun, NoiseGrid, noise_grid
 
 #: Every sampler, by name: a ``Sampler`` subclass (samplers/base.py) whose ``name`` is its key.
@@ -38,6 +39,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "heun": Heun,
     "lms": LMS,
     "ipndm": IPNDM,
+    "unipc": UniPC,
 }
 
 
@@ -141,5 +143,5 @@ def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", s
 __all__ = [
     "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolverPP2M", "DPMSolverPP3M",
     "EulerMaruyama", "Heun", "IPNDM", "LMS", "NoiseGrid", "NoiseSource", "NonFiniteSamples", "PredictorCorrector", "SampleResult",
-    "Sampler", "allowed", "check_graphable", "encode", "make", "noise_grid", "option", "run", "sample", "time_grid",
+    "Sampler", "UniPC", "allowed", "check_graphable", "encode", "make", "noise_grid", "option", "run", "sample", "time_grid",
 ]
