@@ -137,7 +137,7 @@ class UniformIPNDM(IPNDM):
 
 
 @pytest.mark.parametrize("name", sorted(PROCESSES))
-def test_ipndm_is_of_order_four_on_a_grid_uniform_in_s_and_two_on_karras(name):
+def test_ipndm_is_of_higher_order_on_a_grid_uniform_in_s_and_second_order_on_karras(name):
     """Its weights are Adams-Bashforth's for uniform steps: higher order where the steps in s are
     equal (fitted 3.05 over 80-640 steps from s = 20: the warm-up's low-order steps, which iPNDM
     keeps, hold it under 4); on a non-uniform grid the weights are off by O(h), second order."""
