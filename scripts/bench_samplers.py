@@ -69,6 +69,7 @@ ROWS = [
     ("pc", 500, {}),
     ("ode", 1, {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5}),
     ("ode", 50, {"method": "rk4"}),
+    ("dpmpp_2m", 5, {}),
     ("dpmpp_2m", 10, {}),
     ("dpmpp_2m", 20, {}),
     ("dpmpp_2m", 30, {}),
@@ -79,9 +80,22 @@ ROWS = [
     ("dpmpp_2m", 20, {"schedule": "time"}),
     ("dpmpp_2m", 10, {"sigma_max": 5.0, "sigma_min": 0.03}),
     ("dpmpp_2m", 20, {"sigma_max": 5.0, "sigma_min": 0.03}),
+    ("dpmpp_3m", 5, {}),
     ("dpmpp_3m", 10, {}),
     ("dpmpp_3m", 20, {}),
     ("dpmpp_3m", 30, {}),
+    ("lms", 5, {}),
+    ("lms", 10, {}),
+    ("lms", 20, {}),
+    ("lms", 20, {"schedule": "karras"}),
+    ("unipc", 5, {}),
+    ("unipc", 10, {}),
+    ("unipc", 10, {"variant": "bh1"}),
+    ("unipc", 20, {}),
+    ("ipndm", 5, {}),
+    ("ipndm", 10, {}),
+    ("ipndm", 10, {"order": 3}),
+    ("ipndm", 20, {}),
     ("heun", 5, {}),
     ("heun", 10, {}),
     ("heun", 10, {"schedule": "time"}),
@@ -89,7 +103,8 @@ ROWS = [
     ("heun", 18, {}),
 ]
 QUICK_ROWS = [r for r in ROWS if (r[0], r[1]) in {("ddpm", 1000), ("ddim", 20), ("ddim", 100), ("pc", 100), ("ode", 50),
-                                                  ("dpmpp_2m", 20), ("heun", 18)}]
+                                                  ("dpmpp_2m", 20), ("lms", 20), ("ipndm", 20),
+                                                  ("heun", 18)}]
 
 
 def spread(values: list[float]) -> str:

@@ -120,7 +120,7 @@ DDPM_STEPS = "steps must be an integer >= 1 and <= 1000 (the steps of DDPM("
     (["--sampler", "ddpm", "--steps", "5000"], DDPM_STEPS),
     (["--sampler", "ddim", "--steps", "0"], "sampler 'ddim': steps must be an integer >= 1; got 0"),
     (["--sampler", "ddim", "--steps", "5000"], DDPM_STEPS),
-    (["--sampler", "lms"], "unknown sampler 'lms'; valid names: ddpm, ddim, euler_maruyama, pc, ode, dpmpp_2m, dpmpp_3m, heun"),
+    (["--sampler", "no_such_sampler"], "unknown sampler 'no_such_sampler'; valid names: ddpm, ddim, euler_maruyama, pc, ode, dpmpp_2m, dpmpp_3m, heun, lms, ipndm, unipc"),
     (["--sampler", "ddpm", "--eta", "0.5"], "sampler 'ddpm' takes no option(s) eta; allowed: variance, spacing"),
     (["--sampler", "ddim", "--snr", "0.1"], "sampler 'ddim' takes no option(s) snr; allowed: eta, spacing"),
     (["--sampler", "ddim", "--spacing", "even"], "spacing must be one of leading, trailing, linspace, quadratic"),

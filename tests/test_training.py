@@ -314,7 +314,7 @@ def test_sample_cli_writes_files_and_batches_do_not_change_samples(tmp_path, cap
     assert (tmp_path / "a" / "points.png").stat().st_size > 0
     capsys.readouterr()
     for bad, message in [(["--steps", "0"], "steps must be an integer >= 1"),
-                         (["--sampler", "lms"], "unknown sampler 'lms'"),
+                         (["--sampler", "no_such_sampler"], "unknown sampler 'no_such_sampler'"),
                          (["--snr", "0.1"], "takes no option(s) snr")]:
         assert sample_main(["--ckpt", ckpt, "--out", str(tmp_path / "c"), "--no-progress", *bad]) == 2
         err = capsys.readouterr().err.strip()

@@ -21,8 +21,10 @@ from genflow.samplers.common import (CountingModel, NoiseSource, NonFiniteSample
 from genflow.samplers.ddim import DDIM, DDPMAncestral, ddim_walk
 from genflow.samplers.graphs import CUDAGraphModel, check_graphable
 from genflow.samplers.guidance import check_guidance, unconditional
+from genflow.samplers.multistep import IPNDM, LMS
 from genflow.samplers.ode import ODE
 from genflow.samplers.sde import EulerMaruyama, PredictorCorrector
+from genflow.samplers.unipc import UniPC
 from genflow.samplers.solvers import SCHEDULES, DPMSolverPP2M, DPMSolverPP3M, Heun, NoiseGrid, noise_grid
 
 #: Every sampler, by name: a ``Sampler`` subclass (samplers/base.py) whose ``name`` is its key.
@@ -35,6 +37,9 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "dpmpp_2m": DPMSolverPP2M,
     "dpmpp_3m": DPMSolverPP3M,
     "heun": Heun,
+    "lms": LMS,
+    "ipndm": IPNDM,
+    "unipc": UniPC,
 }
 
 
@@ -137,6 +142,6 @@ def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", s
 
 __all__ = [
     "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolverPP2M", "DPMSolverPP3M",
-    "EulerMaruyama", "Heun", "NoiseGrid", "NoiseSource", "NonFiniteSamples", "PredictorCorrector", "SampleResult",
-    "Sampler", "allowed", "check_graphable", "encode", "make", "noise_grid", "option", "run", "sample", "time_grid",
+    "EulerMaruyama", "Heun", "IPNDM", "LMS", "NoiseGrid", "NoiseSource", "NonFiniteSamples", "PredictorCorrector", "SampleResult",
+    "Sampler", "UniPC", "allowed", "check_graphable", "encode", "make", "noise_grid", "option", "run", "sample", "time_grid",
 ]

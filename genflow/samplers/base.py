@@ -26,12 +26,21 @@ from torch import Tensor
 from genflow.processes.base import GaussianPath
 
 
+class Floats(tuple):
+    """An option's value that is a list of numbers (a user's time grid); on the command line one
+    comma-separated word, ``--sigmas 80,10,1,0.1``."""
+
+    def __new__(cls, value: Any = ()) -> Floats:
+        return super().__new__(cls, [float(v) for v in value.split(",") if v.strip()] if isinstance(value, str) else value)
+
+
 def option(default: Any, doc: str, *, kind: type | None = None, min: float | None = None,
            above: float | None = None, max: float | None = None, choices: tuple | None = None,
            infinite: bool = False, optional: bool = False) -> Any:
     """A sampler option: its default, one line of documentation and what is allowed.
 
-    ``kind`` is the value's type (default: the default's); numbers lie in [``min``, ``max``] and
+    ``kind`` is the value's type (default: the default's; ``Floats``: a non-empty list of numbers,
+    each bounded as a number is); numbers lie in [``min``, ``max``] and
     above ``above``, finite unless ``infinite`` (+inf allowed); strings are one of ``choices``;
     ``optional`` also allows None (the sampler then picks a value).
     """
@@ -44,15 +53,20 @@ def option(default: Any, doc: str, *, kind: type | None = None, min: float | Non
 def allowed(spec: dataclasses.Field) -> str:
     """What an option takes, in words: 'a finite number >= 0', 'one of a, b', ..."""
     m = spec.metadata
-    if m["kind"] is bool:
+    if m["kind"] is Floats:
+        text = " ".join([f"a non-empty list of {'' if m['infinite'] else 'finite '}numbers", _bounds(m)]).strip()
+    elif m["kind"] is bool:
         text = "true or false"
     elif m["choices"] is not None:
         text = f"one of {', '.join(map(str, m['choices']))}"
     else:
         noun = "an integer" if m["kind"] is int else ("a number" if m["infinite"] else "a finite number")
-        bounds = [f"{op} {v:g}" for op, v in ((">=", m["min"]), (">", m["above"]), ("<=", m["max"])) if v is not None]
-        text = " ".join([noun, " and ".join(bounds)]).strip() + (" (inf allowed)" if m["infinite"] else "")
+        text = " ".join([noun, _bounds(m)]).strip() + (" (inf allowed)" if m["infinite"] else "")
     return f"{text}, or None (the sampler's default)" if m["optional"] else text
+
+
+def _bounds(m) -> str:
+    return " and ".join(f"{op} {v:g}" for op, v in ((">=", m["min"]), (">", m["above"]), ("<=", m["max"])) if v is not None)
 
 
 def valid(spec: dataclasses.Field, value: Any) -> bool:
@@ -60,6 +74,9 @@ def valid(spec: dataclasses.Field, value: Any) -> bool:
     m = spec.metadata
     if value is None:
         return m["optional"]
+    if m["kind"] is Floats:
+        number = dataclasses.field(metadata={**m, "kind": float, "optional": False})
+        return isinstance(value, (list, tuple)) and len(value) > 0 and all(valid(number, v) for v in value)
     if m["kind"] is bool or isinstance(value, bool):
         return m["kind"] is bool and isinstance(value, bool)
     if m["kind"] is str:
@@ -92,6 +109,8 @@ class Sampler:
             value = getattr(self, spec.name)
             if spec.metadata and not valid(spec, value):
                 raise ValueError(f"sampler {self.name!r}: {spec.name} must be {allowed(spec)}; got {value!r}")
+            if spec.metadata and spec.metadata["kind"] is Floats and value is not None:
+                object.__setattr__(self, spec.name, Floats(value))  # a list given becomes a (hashable) tuple
 
     @property
     def fixed_step(self) -> bool:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from genflow.processes.base import GaussianPath
-from genflow.samplers.base import Sampler, option
+from genflow.samplers.base import Floats, Sampler, option
 from genflow.samplers.common import CountingModel, NoiseSource, check_steps, full_time, to_data
 from genflow.utils import check_choice
 
@@ -116,6 +116,37 @@ def noise_grid(process: GaussianPath, steps: int, schedule: str = "logsnr", *, r
                      to_data=to_data, jump=top > hi)
 
 
+def given_grid(process: GaussianPath, steps: int, *, sigmas: list[float] | None = None,
+               times: list[float] | None = None, to_data: bool = True) -> NoiseGrid:
+    """A user's grid: strictly decreasing levels s = sigma/alpha (``sigmas``) or process times
+    (``times``), inside the path's range. The first time is t_max, where the prior sits: a first
+    level below it is jumped to from t_max (as ``noise_grid`` does), one at t_max is the start
+    (and a grid level: ``heun``'s trapezoid starts there, where s(t_max) is finite).
+    ``steps`` must be the grid's: its levels after t_max, plus one to s = 0 with ``to_data``."""
+    given, what = (sigmas, "sigmas") if times is None else (times, "times")
+    if (sigmas is None) == (times is None):
+        raise ValueError("give one of sigmas= (levels sigma/alpha) or times= for a given grid, not both")
+    values = torch.tensor(list(given), dtype=torch.float64)
+    if not bool((values.diff() < 0).all()):
+        raise ValueError(f"{what} must be strictly decreasing (from noise to data); got {list(given)}")
+    t_min, t_max = float(process.t_min), float(process.t_max)
+    ends = (scaled_sigma(process, t_min), scaled_sigma(process, t_max)) if times is None else (t_min, t_max)
+    if not ends[0] <= float(values[-1]) <= float(values[0]) <= ends[1]:
+        span = "s = sigma/alpha from t_min to t_max" if times is None else "t_min to t_max"
+        raise ValueError(f"{what} must lie in [{ends[0]:.6g}, {ends[1]:.6g}] for {process!r} ({span}); "
+                         f"got {float(values[-1]):.6g} to {float(values[0]):.6g}")
+    at = values if times is not None else process.time_at_log_snr(-2.0 * torch.log(values))
+    at = at.clamp(t_min, t_max)
+    at = at if float(values[0]) == ends[1] else torch.cat([torch.tensor([t_max], dtype=torch.float64), at])
+    at[0] = t_max
+    if len(at) - 1 + to_data != steps:
+        raise ValueError(f"the given {what} make {len(at) - 1 + to_data} steps ({len(at) - 1} from t_max"
+                         f"{', 1 to s = 0' if to_data else ''}); pass steps={len(at) - 1 + to_data}, not {steps}")
+    log_snrs = process.log_snr(at)
+    return NoiseGrid(times=at.tolist(), sigmas=torch.exp(-0.5 * log_snrs).tolist(), log_snrs=log_snrs.tolist(),
+                     to_data=to_data, jump=len(at) > len(values) or not math.isfinite(scaled_sigma(process, t_max)))
+
+
 @dataclass(frozen=True)
 class _GridOptions(Sampler):
     steps: int = option(20, "sampler steps", min=1)
@@ -126,14 +157,30 @@ class _GridOptions(Sampler):
     sigma_max: float | None = option(None, "highest level of the grid's schedule (default min(path's, 80)); "
                                      "above it one step jumps", kind=float, above=0, optional=True)
     denoise: bool = option(True, "end on the predicted x0 (one NFE) instead of the grid's last noise level")
+    sigmas: tuple | None = option(None, "a given grid: decreasing levels sigma/alpha after t_max (replaces the "
+                                  "schedule; steps = their number, + 1 with denoise)", kind=Floats, above=0,
+                                  optional=True)
+    times: tuple | None = option(None, "a given grid: decreasing process times (as sigmas)", kind=Floats,
+                                 optional=True)
 
     def grid(self, process: GaussianPath) -> NoiseGrid:
+        if self.sigmas is not None or self.times is not None:
+            return given_grid(process, self.steps, sigmas=self.sigmas, times=self.times, to_data=self.denoise)
         return noise_grid(process, self.steps, self.schedule, rho=self.rho, sigma_min=self.sigma_min,
                           sigma_max=self.sigma_max, to_data=self.denoise)
 
     def check(self, process: GaussianPath) -> None:
-        grid_range(process, self.steps, self.schedule, rho=self.rho, sigma_min=self.sigma_min,
-                   sigma_max=self.sigma_max)
+        if self.sigmas is not None or self.times is not None:
+            if self.sigma_min is not None or self.sigma_max is not None:
+                raise ValueError(f"sampler {self.name!r}: a given grid (sigmas or times) sets its own ends; "
+                                 f"leave sigma_min and sigma_max unset")
+            try:
+                self.grid(process)
+            except ValueError as err:
+                raise ValueError(f"sampler {self.name!r}: {err}") from None
+        else:
+            grid_range(process, self.steps, self.schedule, rho=self.rho, sigma_min=self.sigma_min,
+                       sigma_max=self.sigma_max)
 
 
 def _coefficients(process: GaussianPath, times: list[float]) -> tuple[list[float], list[float]]:

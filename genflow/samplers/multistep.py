@@ -1,0 +1,106 @@
+"""Linear multistep solvers of d(x/alpha)/ds = eps, s = sigma/alpha (EDM's form of every path's
+probability-flow ODE; see solvers.py), one network evaluation per step.
+
+Both are Adams-Bashforth methods: a step from s_i to s_{i+1} integrates the polynomial through the
+last ``order`` eps predictions,
+
+    x_{i+1}/alpha_{i+1} = x_i/alpha_i + sum_j w_j eps_{i-j},
+
+with order min(``order``, i + 1) on the warm-up (lower-order start, no extra NFE) and, with
+``lower_order_final``, min(``order``, steps left) on the last steps, so the step to s = 0 is the
+predicted x0 (as DDIM's and EDM's last step).
+
+- ``lms``: linear multistep with the Adams weights w_j integrated exactly on the non-uniform grid
+  (Karras et al. 2022, sec. 3; k-diffusion's ``sample_lms``).
+- ``ipndm``: improved PNDM (Zhang & Chen 2023, DEIS, sec. 4 and App.): the fixed Adams-Bashforth
+  weights of uniform steps (1; 3/2, -1/2; 23/12, -16/12, 5/12; 55/24, -59/24, 37/24, -9/24)
+  times the step length s_{i+1} - s_i, whatever the grid. Only on a grid uniform in s is it of
+  high order (fitted 3.05 at ``order`` 4, its low-order warm-up included); on the usual
+  non-uniform grids the weights are off by O(h) and it converges at second order, but it is
+  strong at few steps (tested; BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from torch import Tensor
+
+from genflow.processes.base import GaussianPath
+from genflow.samplers.base import option
+from genflow.samplers.common import CountingModel, NoiseSource, full_time
+from genflow.samplers.solvers import _coefficients, _GridOptions
+
+#: iPNDM's weights (newest eps first): Adams-Bashforth for uniform steps, orders 1-4.
+IPNDM_WEIGHTS = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
+
+
+def adams_weights(nodes: list[float], start: float, end: float) -> list[float]:
+    """The integral from ``start`` to ``end`` of each Lagrange basis polynomial through ``nodes``
+    (newest first): the Adams-Bashforth weights on a non-uniform grid, exact. They are the w that
+    integrate every polynomial of degree < len(nodes) exactly, sum_j w_j u_j^k = 1/(k + 1) in
+    u = (s - start)/(end - start), so levels of 80 and 0.002 lose no digits."""
+    h = end - start
+    u = (np.asarray(nodes, dtype=np.float64) - start) / h
+    powers = np.vander(u, len(nodes), increasing=True).T  # row k: u_j^k
+    return (h * np.linalg.solve(powers, 1.0 / np.arange(1, len(nodes) + 1))).tolist()
+
+
+@dataclass(frozen=True)
+class _Multistep(_GridOptions):
+    """The multistep loop shared by ``lms`` and ``ipndm``; a subclass gives ``weights``."""
+
+    order: int = option(4, "the multistep order (1: DDIM)", min=1, max=4)
+    lower_order_final: bool = option(True, "lower the order on the last steps to the steps left (the step to "
+                                     "s = 0 is the predicted x0)")
+
+    def weights(self, nodes: list[float], start: float, end: float) -> list[float]:
+        raise NotImplementedError
+
+    def __call__(self, net: CountingModel, process: GaussianPath, x: Tensor, noise: NoiseSource, progress) -> Tensor:
+        grid = self.grid(process)
+        levels = grid.sigmas + [0.0] * grid.to_data  # s = 0: the data, where alpha = 1
+        alpha = _coefficients(process, grid.times)[0] + [1.0] * grid.to_data
+        steps = len(levels) - 1
+        eps: list[Tensor] = []  # eps predictions at the levels so far, newest last
+        for i in progress(range(steps)):
+            hub = net.denoise(x, full_time(grid.times[i], x))
+            eps = [*eps[-(self.order - 1):], hub.eps] if self.order > 1 else [hub.eps]
+            nodes = levels[i - len(eps) + 1:i + 1][::-1]  # newest first
+            finite = next((k for k, s in enumerate(nodes) if not math.isfinite(s)), len(nodes))  # a flow's s = inf
+            order = min(len(eps), max(finite, 1), steps - i if self.lower_order_final else self.order)
+            # x_i/alpha_i = x0 + s_i eps: the first-order (DDIM) step, finite from s = inf, then the
+            # multistep terms, sum_j w_j eps_{i-j} - (s_{i+1} - s_i) eps_i (the weights sum to the step)
+            scaled = hub.x0 + levels[i + 1] * hub.eps
+            if order > 1:
+                w = self.weights(nodes[:order], levels[i], levels[i + 1])
+                scaled = scaled + sum(w[j] * (eps[-1 - j] - hub.eps) for j in range(1, order))
+            x = alpha[i + 1] * scaled
+        return x
+
+
+@dataclass(frozen=True)
+class LMS(_Multistep):
+    """Linear multistep (Karras et al. 2022; k-diffusion's ``sample_lms``): Adams-Bashforth of
+    order ``order`` on eps in s, its weights the exact integrals of the Lagrange basis over each
+    step of the non-uniform grid. One NFE per step; fitted order 3.6-3.8 at ``order`` = 4."""
+
+    name: ClassVar[str] = "lms"
+
+    def weights(self, nodes: list[float], start: float, end: float) -> list[float]:
+        return adams_weights(nodes, start, end)
+
+
+@dataclass(frozen=True)
+class IPNDM(_Multistep):
+    """iPNDM (Zhang & Chen 2023): PNDM's linear multistep with a lower-order multistep warm start
+    instead of Runge-Kutta; the fixed Adams-Bashforth weights of uniform steps times each step's
+    length in s. One NFE per step."""
+
+    name: ClassVar[str] = "ipndm"
+
+    def weights(self, nodes: list[float], start: float, end: float) -> list[float]:
+        return [(end - start) * w for w in IPNDM_WEIGHTS[len(nodes) - 1]]
