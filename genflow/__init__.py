@@ -10,8 +10,8 @@ import sys as _sys
 
 from genflow import threads as _threads
 
-# Before torch loads, or OpenMP never reads it: threads that sleep at barriers instead of spinning
-# (a busy machine; genflow/threads.py). A value already set, or torch imported first, wins.
+# Before torch loads, or OpenMP never reads it: threads that spin only briefly at barriers before
+# they sleep (a busy machine; genflow/threads.py). A value already set, or torch imported first, wins.
 _threads.default_wait_policy(imported="torch" in _sys.modules)
 
 from genflow import nets, processes, testing  # noqa: E402

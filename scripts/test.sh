@@ -3,8 +3,8 @@
 #   bash scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# OpenMP threads that sleep instead of spinning at barriers: on a busy machine a spinning thread
-# burns the CPU its descheduled peers need (18 s a step instead of 0.7 s: BENCHMARKS.md).
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# OpenMP threads that spin only briefly at barriers before they sleep: on a busy machine a spinning
+# thread burns the CPU its descheduled peers need (BENCHMARKS.md, "Training on a busy CPU").
+[ -n "${OMP_WAIT_POLICY:-}" ] || export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-10000}"
 source scripts/venv.sh "[dev]"
 exec .venv/bin/python -m pytest "$@"

@@ -41,28 +41,31 @@ def test_usable_cpus_is_the_affinity_capped_by_the_quota(monkeypatch):
 
 def test_the_wait_policy_is_a_default_only():
     env = {}
-    assert threads.default_wait_policy(env) and env == {"OMP_WAIT_POLICY": "PASSIVE"}
-    env = {"OMP_WAIT_POLICY": "ACTIVE"}
-    assert not threads.default_wait_policy(env) and env == {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert threads.default_wait_policy(env) and env == {"GOMP_SPINCOUNT": "10000"}
+    for given in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "300000"}):
+        env = dict(given)
+        assert not threads.default_wait_policy(env) and env == given
     env = {}
     assert not threads.default_wait_policy(env, imported=True) and env == {}  # too late: OpenMP has read it
 
 
 def openmp_report(code: str, **env: str) -> str:
     """What OpenMP says of its settings when torch loads (OMP_DISPLAY_ENV), after running ``code``."""
-    full = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    full.update({"PYTHONPATH": str(ROOT), "OMP_DISPLAY_ENV": "TRUE", "OMP_NUM_THREADS": "1", **env})
+    full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    full.update({"PYTHONPATH": str(ROOT), "OMP_DISPLAY_ENV": "VERBOSE", "OMP_NUM_THREADS": "1", **env})
     done = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stderr
 
 
-def test_importing_genflow_first_makes_openmp_wait_passively():
+def test_importing_genflow_first_bounds_openmps_spin():
     report = openmp_report("import genflow")
-    if "OMP_WAIT_POLICY" not in report:
-        pytest.skip("this torch's OpenMP does not report its settings (OMP_DISPLAY_ENV)")
-    assert "OMP_WAIT_POLICY = 'PASSIVE'" in report
-    assert "OMP_WAIT_POLICY = 'ACTIVE'" in openmp_report("import genflow", OMP_WAIT_POLICY="ACTIVE")
+    if "GOMP_SPINCOUNT" not in report:
+        pytest.skip("this torch's OpenMP does not report its spin count (OMP_DISPLAY_ENV=VERBOSE)")
+    assert "GOMP_SPINCOUNT = '10000'" in report
+    assert "GOMP_SPINCOUNT = '10000'" not in openmp_report("import torch, genflow")  # torch first: too late
+    active = openmp_report("import genflow", OMP_WAIT_POLICY="ACTIVE")
+    assert "OMP_WAIT_POLICY = 'ACTIVE'" in active and "GOMP_SPINCOUNT = '10000'" not in active
 
 
 def test_set_cpu_threads_keeps_an_explicit_omp_num_threads(monkeypatch):
