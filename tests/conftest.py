@@ -47,3 +47,21 @@ def interior_times(process: GaussianPath, n: int, seed: int = 0, margin: float =
     span = hi - lo
     u = torch.rand(n, generator=gen, dtype=torch.float64)
     return lo + span * (margin + (1 - 2 * margin) * u)
+
+
+def assert_nfe_is_honest(model, process: GaussianPath, sampler: str, steps: int) -> None:
+    """With and without ``denoise``, the reported NFE equals the network calls and ``steps``
+    (a solver whose last step ends on the predicted x0 spends no call more for it)."""
+    from genflow.samplers import run
+
+    calls = []
+
+    def counted(x, t):
+        calls.append(len(x))
+        return model(x, t)
+
+    for denoise in (True, False):
+        calls.clear()
+        out = run(counted, process, sampler=sampler, steps=steps, shape=(4, 2), denoise=denoise,
+                  generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        assert out.nfe == len(calls) == steps, (denoise, out.nfe, len(calls))

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import assert_nfe_is_honest
 
 from genflow.samplers import IPNDM, LMS, NoiseGrid, noise_grid, run
 from genflow.samplers.common import CountingModel, NoiseSource
@@ -164,17 +165,7 @@ def test_ipndm_is_of_higher_order_on_a_grid_uniform_in_s_and_second_order_on_kar
 def test_nfe_is_honest_and_bad_options_are_one_line(sampler):
     process = PROCESSES["flow_matching"]()
     model = gaussian().model(process)
-    calls = []
-
-    def counted(x, t):
-        calls.append(len(x))
-        return model(x, t)
-
-    for denoise in (True, False):
-        calls.clear()
-        out = run(counted, process, sampler=sampler, steps=9, shape=(4, 2), denoise=denoise,
-                  generator=torch.Generator().manual_seed(0), **F64)
-        assert out.nfe == len(calls) == 9
+    assert_nfe_is_honest(model, process, sampler, 9)
     for order in (0, 5, 2.5):
         with pytest.raises(ValueError, match=rf"^sampler '{sampler}': order must be an integer >= 1 and <= 4; got {order}$"):
             run(model, process, sampler=sampler, steps=4, shape=(2, 2), order=order)

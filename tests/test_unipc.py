@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+from conftest import assert_nfe_is_honest
+
 from genflow.samplers import noise_grid, run
 from genflow.samplers.solvers import scaled_sigma
 from genflow.samplers.unipc import unipc_rhos
@@ -88,17 +90,7 @@ def test_convergence_order_is_one_above_unip_with_unic(name, order, low, high):
 def test_nfe_is_honest_and_bad_options_are_one_line():
     process = PROCESSES["vpsde"]()
     model = gaussian().model(process)
-    calls = []
-
-    def counted(x, t):
-        calls.append(len(x))
-        return model(x, t)
-
-    for denoise in (True, False):
-        calls.clear()
-        out = run(counted, process, sampler="unipc", steps=7, shape=(4, 2), denoise=denoise,
-                  generator=torch.Generator().manual_seed(0), **F64)
-        assert out.nfe == len(calls) == 7
+    assert_nfe_is_honest(model, process, "unipc", 7)
     with pytest.raises(ValueError, match="^sampler 'unipc': order must be an integer >= 1 and <= 3; got 4$"):
         run(model, process, sampler="unipc", steps=4, shape=(2, 2), order=4)
     with pytest.raises(ValueError, match="^sampler 'unipc': variant must be one of bh1, bh2; got 'bh3'$"):
