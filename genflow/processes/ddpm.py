@@ -114,10 +114,11 @@ class DDPM(GaussianPath):
         """The inverse of the extension's log-SNR in closed form (float64): abar = sigmoid(lambda),
         so log abar = -softplus(-lambda), found on its linear segment. ``iterations`` is unused."""
         target = -torch.nn.functional.softplus(-torch.as_tensor(log_snr, dtype=torch.float64).reshape(-1))
-        la = self.log_alphas_cumprod
         if self.timesteps == 1:
             return torch.zeros_like(target)
-        target = target.clamp(float(la[-1]), float(la[0]))
+        ends = self.log_alphas_cumprod  # on the CPU: reading its ends syncs no device
+        target = target.clamp(float(ends[-1]), float(ends[0]))
+        la = self._table(target)[0]  # float64 on the target's device
         # la decreases: segment k holds la[k] >= target >= la[k + 1]
         k = (torch.searchsorted(-la, -target, right=True) - 1).clamp(0, self.timesteps - 2)
         return k.double() + (target - la[k]) / (la[k + 1] - la[k])
