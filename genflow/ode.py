@@ -140,10 +140,10 @@ class Chart:
             else:
                 t = u
             hub = denoise(x, t)
-            c = process.coefficients(t)
-            v = append_dims(c.d_alpha, x.ndim) * hub.x0 + append_dims(c.d_sigma, x.ndim) * hub.eps
+            v = process.from_hub(hub.x0, hub.eps, t, "velocity")
             if not vp:
                 return v
+            c = process.coefficients(t)
             dlog_snr_dt = 2 * (c.d_alpha / c.alpha - c.d_sigma / c.sigma)
             return v * append_dims(dlog_snr_du.to(v) / dlog_snr_dt, x.ndim)
 
