@@ -261,3 +261,20 @@ def test_ranks_check_about_every_half_second_on_the_same_steps(monkeypatch, seco
     assert seen[:5] == checks
     stop.received = signal.SIGUSR1
     assert stop.reason(stop.local()) == "SIGUSR1"
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 10, 50000])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_share_covers_the_indices_once_in_rank_order(n, world):
+    from genflow.training.distributed import share
+
+    parts = [share(n, r, world) for r in range(world)]
+    assert [i for p in parts for i in p] == list(range(n))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_share_refuses_a_rank_outside_the_world():
+    from genflow.training.distributed import share
+
+    with pytest.raises(ValueError, match="rank < world"):
+        share(10, 3, 3)

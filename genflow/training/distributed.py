@@ -152,3 +152,13 @@ def cleanup(wait: bool = True) -> None:
                 dist.barrier()
         finally:
             dist.destroy_process_group()
+
+
+def share(n: int, rank: int, world: int) -> range:
+    """Rank ``rank``'s contiguous share of the indices 0..n-1 over ``world`` ranks: the first n % world
+    ranks take one more than the others, so the shares in rank order are exactly range(n)."""
+    if world < 1 or not 0 <= rank < world or n < 0:
+        raise ValueError(f"share needs n >= 0 and 0 <= rank < world; got n={n}, rank={rank}, world={world}")
+    size, extra = divmod(n, world)
+    start = rank * size + min(rank, extra)
+    return range(start, start + size + (rank < extra))
