@@ -178,3 +178,30 @@ def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu"
 def _unpickler_reason(err: Exception) -> str:
     found = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
     return found.group(1).strip() if found else type(err).__name__
+
+
+ROUNDINGS = ("edm", "adm")
+
+
+def to_uint8(images: Tensor, rounding: str = "edm") -> Tensor:
+    """Images in [-1, 1] as 8-bit values, the way the published samplers write their PNGs.
+
+    * ``edm``: NVlabs/edm generate.py, ``(images * 127.5 + 128).clip(0, 255).to(torch.uint8)``; the
+      cast truncates, so k = floor(x * 127.5 + 128): rounding to the nearest of the 256 levels
+      x_k = k / 127.5 - 1 (each bin 1/127.5 wide; -1 -> 0, 1 -> 255).
+    * ``adm``: openai/guided-diffusion scripts/image_sample.py, ``((sample + 1) * 127.5).clamp(0, 255)
+      .to(th.uint8)``: k = floor((x + 1) * 127.5), truncation (x_k -> k - 1 whenever x_k lies a rounding
+      error below its level, as 63 of the 256 float32 levels of ToTensor + Normalize(0.5, 0.5) do;
+      only x = 1 exactly gives 255).
+
+    Both clip out-of-range values to 0 and 255. The arithmetic runs in the images' own dtype, as in
+    that code (float32 samples: float32). NaN or inf is refused (``ValueError`` naming the count).
+    """
+    check_choice(rounding, ROUNDINGS, "rounding")
+    if not images.is_floating_point():
+        raise ValueError(f"to_uint8 takes floating-point images in [-1, 1]; got {images.dtype}")
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        raise ValueError(f"{bad} of {images.numel()} image values are NaN or inf; they have no 8-bit value")
+    scaled = images * 127.5 + 128 if rounding == "edm" else (images + 1) * 127.5
+    return scaled.clip(0, 255).to(torch.uint8)

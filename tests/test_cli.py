@@ -52,17 +52,19 @@ def math_finite(value: float) -> bool:
 
 
 def test_eval_fd_and_pr_of_the_data_against_itself(tmp_path, capsys, cache):
-    """Feed the test split itself as 'samples': FD = 0 and precision = recall = 1."""
+    """Feed the test split itself as 'samples': FD = 0 and precision = recall = 1 (fd and pr default to
+    the training split, as papers' FIDs: the test split is asked for)."""
     overrides = [o for o in TOY if not o.startswith(("data", "model", "process"))]
     Trainer(compose([*overrides, f"run_dir={tmp_path}", "model.channels=8", "model.norm_groups=8"])).fit()
     ckpt = str(tmp_path / "checkpoints" / "last.pt")
     np.savez(tmp_path / "real.npz", samples=digits("test").tensors[0].numpy())
-    assert eval_main(["fd", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz")]) == 0
+    test = ["--split", "test"]
+    assert eval_main(["fd", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz"), *test]) == 0
     fd = output(capsys)
     assert fd["value"] == pytest.approx(0.0, abs=1e-6) and fd["samples"] == 360 and fd["data"] == 360
     assert "digits classifier (test accuracy 0.9" in fd["features"] and fd["reference"] == "computed"
     assert fd["feature_space"].startswith("digits classifier v1 sha256:")
-    assert eval_main(["fd", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz")]) == 0
+    assert eval_main(["fd", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz"), *test]) == 0
     again = output(capsys)  # the split's statistics from the cache: the same number
     assert again["reference"] == "cached" and again["value"] == fd["value"]
     assert again["reference_cache"] == fd["reference_cache"] and os.path.isfile(fd["reference_cache"])
@@ -71,12 +73,12 @@ def test_eval_fd_and_pr_of_the_data_against_itself(tmp_path, capsys, cache):
     train = output(capsys)  # another split: another cache file, computed
     assert train["reference"] == "computed" and train["reference_cache"] != fd["reference_cache"]
     assert train["value"] > fd["value"]
-    assert eval_main(["pr", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz")]) == 0
+    assert eval_main(["pr", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz"), *test]) == 0
     pr = output(capsys)
     assert (pr["precision"], pr["recall"]) == (1.0, 1.0)
     noise = torch.rand(360, 1, 8, 8) * 2 - 1  # uniform noise images: far from digits
     np.savez(tmp_path / "noise.npz", samples=noise.numpy())
-    assert eval_main(["fd", "--ckpt", ckpt, "--samples", str(tmp_path / "noise.npz")]) == 0
+    assert eval_main(["fd", "--ckpt", ckpt, "--samples", str(tmp_path / "noise.npz"), *test]) == 0
     assert output(capsys)["value"] > 10.0
     assert eval_main(["sw", "--ckpt", ckpt, "--samples", str(tmp_path / "real.npz")]) == 2
     assert "sw is for vector data" in capsys.readouterr().err

@@ -194,8 +194,8 @@ def test_fd_through_genflow_eval_with_inception_weights(weights, digits_ckpt, tm
     test = digits("test").tensors[0]
     np.savez(tmp_path / "same.npz", samples=test[:2].numpy())
     np.savez(tmp_path / "other.npz", samples=test[2:4].numpy())
-    argv = ["fd", "--ckpt", str(digits_ckpt), "--num", "2", "--inception-weights", str(weights["fid"]),
-            "--batch-size", "2"]
+    argv = ["fd", "--ckpt", str(digits_ckpt), "--split", "test", "--num", "2", "--inception-weights",
+            str(weights["fid"]), "--batch-size", "2"]
     results = []
     for samples in ["same", "other"]:
         assert main([*argv, "--samples", str(tmp_path / f"{samples}.npz")]) == 0

@@ -22,8 +22,8 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def guarded(prog: str, work: Callable[[], str]) -> int:
-    """Run ``work`` and print what it returns. Bad input ends in one line and exit 2; a checkpoint
+def guarded(prog: str, work: Callable[[], str | None]) -> int:
+    """Run ``work`` and print what it returns (nothing for None: a rank other than 0). Bad input ends in one line and exit 2; a checkpoint
     that cannot be used, a missing file or a failed run in one line and exit 1."""
     from genflow.threads import set_cpu_threads
     from genflow.training.checkpoint import CheckpointError
@@ -37,7 +37,8 @@ def guarded(prog: str, work: Callable[[], str]) -> int:
     except (CheckpointError, OSError, KeyError, RuntimeError) as err:  # OSError: missing, unwritable, disk full
         print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         return 1
-    print(message)
+    if message is not None:
+        print(message)
     return 0
 
 

@@ -57,16 +57,32 @@ def cache_path(identity: Mapping) -> Path:
     return cache_root() / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
 
 
+def identity_of(data: Mapping, split: str, examples: int, space: FeatureSpace) -> dict:
+    return {"data": dict(data), "split": split, "examples": int(examples), "features": space.identity}
+
+
 def reference(data: Mapping, split: str, examples: int, images: Callable[[], Tensor], space: FeatureSpace, *,
               need_features: bool = False) -> Reference:
     """The reference of ``examples`` examples of ``split`` of the data config ``data`` in ``space``:
     read from the cache, else computed from ``images()`` and cached."""
-    identity = {"data": dict(data), "split": split, "examples": int(examples), "features": space.identity}
-    path = cache_path(identity)
-    found = _read(path, identity, need_features)
+    found = lookup(data, split, examples, space, need_features=need_features)
     if found is not None:
         return found
-    features = space.extract(images())
+    return store(data, split, examples, space, space.extract(images()), need_features=need_features)
+
+
+def lookup(data: Mapping, split: str, examples: int, space: FeatureSpace, *,
+           need_features: bool = False) -> Reference | None:
+    """The cached reference, or None (none yet, another identity, unreadable, or without features)."""
+    identity = identity_of(data, split, examples, space)
+    return _read(cache_path(identity), identity, need_features)
+
+
+def store(data: Mapping, split: str, examples: int, space: FeatureSpace, features: Tensor, *,
+          need_features: bool = False, write: bool = True) -> Reference:
+    """The reference of ``features`` (computed by the caller, e.g. over the ranks), cached when ``write``."""
+    identity = identity_of(data, split, examples, space)
+    path = cache_path(identity)
     if len(features) != examples:
         raise ValueError(f"expected {examples} reference examples, got {len(features)}")
     mu, sigma = gaussian_statistics(features)
@@ -74,7 +90,8 @@ def reference(data: Mapping, split: str, examples: int, images: Callable[[], Ten
               "sigma": sigma.numpy()}
     if need_features:
         arrays["features"] = features.numpy()
-    _write(path, arrays)
+    if write:
+        _write(path, arrays)
     return Reference(mu, sigma, features if need_features else None, examples, "computed", path)
 
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from genflow.utils import one_line
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,25 @@ def gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_checked(work: Callable[[], object], usage: tuple[type, ...] = (ValueError, TypeError)) -> list:
+    """Every rank's ``work()``, in rank order. Where it raised on any rank, every rank raises the
+    first failing rank's error as one line (a ValueError for the ``usage`` kinds, else a
+    RuntimeError), so no rank waits in a later collective for a peer that has left. With one
+    process the error is raised as it is."""
+    try:
+        out = (None, work())
+    except Exception as err:  # noqa: BLE001 - handed to every rank, then raised
+        if not active():
+            raise
+        out = ((isinstance(err, usage), one_line(err)), None)
+    outs = gather_objects(out)
+    for rank, (error, _) in enumerate(outs):
+        if error is not None:
+            kind = ValueError if error[0] else RuntimeError
+            raise kind(f"rank {rank}: {error[1]}")
+    return [value for _, value in outs]
 
 
 def cleanup(wait: bool = True) -> None:
