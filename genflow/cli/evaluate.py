@@ -132,8 +132,9 @@ def stack(dataset, indices) -> torch.Tensor:
 
 
 def on_main(d: distributed.Dist, work):
-    """``work()`` on rank 0 only; its error ends every rank."""
-    return distributed.gather_checked(lambda: work() if d.main else None)[0]
+    """``work()`` on rank 0 only (None elsewhere); its error ends every rank."""
+    value = distributed.gather_checked(lambda: work() if d.main else None)[0]
+    return value if d.main else None
 
 
 def nll(args, state: dict, d: distributed.Dist, device: torch.device) -> dict:
@@ -252,7 +253,7 @@ def read_fake(args):
 
 def compare(args, state: dict, d: distributed.Dist, device: torch.device) -> dict:
     from genflow.metrics import frechet_distance_to_statistics, precision_recall, sliced_wasserstein
-    from genflow.metrics.files import ImageSource
+    from genflow.metrics.files import ImageSource, read_reference
 
     cfg = state["config"]
     source = read_fake(args)
@@ -266,10 +267,11 @@ def compare(args, state: dict, d: distributed.Dist, device: torch.device) -> dic
         fake, real = source.take(range(source.count)), stack(dataset, range(n))
         value = sliced_wasserstein(fake, real, generator=torch.Generator().manual_seed(args.seed))
         return {"metric": "sliced_wasserstein", "value": value, "samples": len(fake), "data": n}
+    file = read_reference(args.ref) if getattr(args, "ref", None) is not None else None  # refused before any work
     fake_space, real_space, protocol = feature_spaces(args, cfg, len(shape) == 3, device)
     f_fake = shared_features(source, fake_space.extract, d)
     data = ImageSource(n, shape, lambda r: stack(dataset, r), "data split")
-    ref, how = reference_of(args, cfg, data, real_space, d, f_fake.shape[1])
+    ref, how = reference_of(args, cfg, data, real_space, d, f_fake.shape[1], file)
     how = {"features": fake_space.name, "feature_space": fake_space.identity, "samples": len(f_fake),
            "samples_layout": source.layout, **how, "conversion": protocol.record() if protocol else None,
            "world_size": d.world}
@@ -280,15 +282,15 @@ def compare(args, state: dict, d: distributed.Dist, device: torch.device) -> dic
     return {"metric": "precision_recall", "precision": pr[0], "recall": pr[1], "k": args.k, **how} if d.main else {}
 
 
-def reference_of(args, cfg: dict, data, space, d: distributed.Dist, dims: int):
-    """The reference (mu, sigma, features for pr) from --ref or the data split (cached), and how."""
-    from genflow.metrics.files import read_reference, tensor_source
+def reference_of(args, cfg: dict, data, space, d: distributed.Dist, dims: int, file=None):
+    """The reference (mu, sigma, features for pr) from the --ref ``file`` or the data split (cached), and how."""
+    from genflow.metrics.files import check_dims, tensor_source
     from genflow.metrics.frechet import gaussian_statistics
     from genflow.metrics.reference import Reference, lookup, store
 
     need = args.command == "pr"
-    if getattr(args, "ref", None) is not None:
-        file = read_reference(args.ref, dims)
+    if file is not None:
+        check_dims(file, dims)
         how = {"split": None, "data": None, "reference": f"file ({file.layout})", "reference_file": str(args.ref),
                "reference_sha256": file.sha256}
         if file.images is None:

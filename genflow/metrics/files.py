@@ -27,7 +27,7 @@ PNG_MODES = {"L": 1, "RGB": 3}  # 8-bit gray and RGB
 SAMPLE_LAYOUTS = "genflow's samples.npz ('samples': floats in [-1, 1]) or ADM's ('arr_0': uint8 images NHWC)"
 
 
-class LayoutError(ValueError):
+class LayoutError(RuntimeError):
     """A samples or reference file whose contents are not one of the known layouts (one line)."""
 
 
@@ -130,17 +130,17 @@ class ReferenceFile:
 ADM_KEYS = {"arr_0", "mu", "sigma", "mu_s", "sigma_s"}
 
 
-def read_reference(path: str | Path, dims: int) -> ReferenceFile:
+def read_reference(path: str | Path) -> ReferenceFile:
     """EDM's (``mu``, ``sigma``) or ADM's (``arr_0`` with or without ``mu``, ``sigma``, ``mu_s``,
-    ``sigma_s``) reference file for features of dimension ``dims``; any other layout, shape or a
-    non-finite value is refused (``LayoutError``, one line)."""
+    ``sigma_s``) reference file; any other layout, shape or a non-finite value is refused
+    (``LayoutError``, one line). ``check_dims`` compares it with the feature space."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"reference file not found: {path}")
     arrays = _npz(path, "reference statistics file")
     keys, sha = set(arrays), sha256_of(path)
     if keys == {"mu", "sigma"} or ({"mu", "sigma"} <= keys <= ADM_KEYS):
-        mu, sigma = _statistics(arrays["mu"], arrays["sigma"], dims, path)
+        mu, sigma = _statistics(arrays["mu"], arrays["sigma"], path)
         layout = "edm" if keys == {"mu", "sigma"} else "adm statistics"
         return ReferenceFile(mu, sigma, None, layout, sha, path)
     if keys <= ADM_KEYS and "arr_0" in keys and not keys & {"mu", "sigma"}:
@@ -149,10 +149,16 @@ def read_reference(path: str | Path, dims: int) -> ReferenceFile:
                       "reference batch ('arr_0' uint8 images NHWC, optionally with 'mu', 'sigma', 'mu_s', 'sigma_s')")
 
 
-def _statistics(mu: np.ndarray, sigma: np.ndarray, dims: int, path: Path) -> tuple[Tensor, Tensor]:
-    if mu.shape != (dims,) or sigma.shape != (dims, dims):
-        raise LayoutError(f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}; the feature space needs "
-                          f"({dims},) and ({dims}, {dims})")
+def check_dims(file: ReferenceFile, dims: int) -> None:
+    """Refuse statistics of another dimension than the feature space's ``dims``."""
+    if file.mu is not None and len(file.mu) != dims:
+        raise LayoutError(f"{file.path}: statistics of {len(file.mu)}-d features, but the feature space gives "
+                          f"{dims}-d features")
+
+
+def _statistics(mu: np.ndarray, sigma: np.ndarray, path: Path) -> tuple[Tensor, Tensor]:
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+        raise LayoutError(f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}; they must be (d,) and (d, d)")
     if mu.dtype.kind != "f" or sigma.dtype.kind != "f":
         raise LayoutError(f"{path}: mu and sigma must be floats; got {mu.dtype} and {sigma.dtype}")
     bad = int((~np.isfinite(mu)).sum() + (~np.isfinite(sigma)).sum())
