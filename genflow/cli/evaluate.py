@@ -256,6 +256,7 @@ def compare(args, state: dict, d: distributed.Dist, device: torch.device) -> dic
     from genflow.metrics.files import ImageSource, read_reference
 
     cfg = state["config"]
+    file = read_reference(args.ref) if getattr(args, "ref", None) is not None else None  # refused before any work
     source = read_fake(args)
     dataset, n = split_data(cfg, args.split, args.num)
     shape = tuple(dataset[0][0].shape)
@@ -267,7 +268,6 @@ def compare(args, state: dict, d: distributed.Dist, device: torch.device) -> dic
         fake, real = source.take(range(source.count)), stack(dataset, range(n))
         value = sliced_wasserstein(fake, real, generator=torch.Generator().manual_seed(args.seed))
         return {"metric": "sliced_wasserstein", "value": value, "samples": len(fake), "data": n}
-    file = read_reference(args.ref) if getattr(args, "ref", None) is not None else None  # refused before any work
     fake_space, real_space, protocol = feature_spaces(args, cfg, len(shape) == 3, device)
     f_fake = shared_features(source, fake_space.extract, d)
     data = ImageSource(n, shape, lambda r: stack(dataset, r), "data split")
