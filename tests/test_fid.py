@@ -244,3 +244,22 @@ def test_an_examples_noise_depends_on_the_seed_and_its_index_only():
     assert set(probes.unique().tolist()) == {-1.0, 1.0} and 0 <= u.min() and u.max() < 1 and u.dtype == torch.float64
     other, _ = example_noise(range(0, 5), (1, 4, 4), draws=2, seed=8)
     assert not torch.equal(other, u)
+
+
+def test_score_takes_uint8_images_or_their_float_levels_alike(setting):
+    """``fid.score`` (for freshly generated samples) through the protocol: uint8 images and the
+    floats they stand for give one FD; with ADM's rounding, the FD of the truncated images."""
+    from genflow.metrics import gaussian_statistics
+    from genflow.metrics.fid import Protocol, levels, score
+    from genflow.metrics.inception import inception_features
+
+    folder, images = setting
+    net = inception_features(folder / "fid.pth")
+    reference = torch.flip(images, dims=[-1])  # other images: a nonzero distance
+    mu, sigma = gaussian_statistics(net(Protocol().network_input(reference)))
+    edm, adm = (lambda x, p=Protocol(rounding=r): net(p.network_input(x)) for r in ("edm", "adm"))
+    as_uint8 = score(images, mu, sigma, edm)
+    assert as_uint8 > 1e-3 and score(levels(images), mu, sigma, edm) == pytest.approx(as_uint8, rel=1e-9)
+    # with ADM's rounding the floats are truncated first: the FD of exactly those 8-bit images
+    truncated = to_uint8(levels(images), "adm")
+    assert score(levels(images), mu, sigma, adm) == pytest.approx(score(truncated, mu, sigma, edm), rel=1e-9)
