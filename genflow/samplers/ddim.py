@@ -10,7 +10,7 @@ from torch import Tensor
 from genflow.processes.base import GaussianPath
 from genflow.samplers.base import Sampler, option
 from genflow.samplers.common import (SPACINGS, CountingModel, NoiseSource, check_transitions, full_time, refuse,
-                                     time_grid, to_data)
+                                     shared_time, time_grid, to_data)
 from genflow.utils import append_dims
 
 SPACING_DOC = "time grid (continuous processes: linspace or quadratic)"
@@ -56,6 +56,7 @@ def ddim_walk(net: CountingModel, process: GaussianPath, x: Tensor, grid: list[f
 
 def ddim_step(process, x0: Tensor, eps: Tensor, t: Tensor, s: Tensor, eta: float, noise: NoiseSource) -> Tensor:
     """One step of DDIM eq. 12 from t to s < t; c^2 = eta^2 (the posterior variance of q(x_s | x_t, x0))."""
+    t, s = shared_time(t), shared_time(s)
     cs = process.coefficients(s)
     a_s, s_s = append_dims(cs.alpha, x0.ndim), append_dims(cs.sigma, x0.ndim)
     x = a_s * x0
@@ -89,6 +90,7 @@ class DDPMAncestral(Sampler):
         for i in progress(range(len(grid) - 1)):
             t, s = full_time(grid[i], x), full_time(grid[i + 1], x)
             hub = net.denoise(x, t)
+            t, s = shared_time(t), shared_time(s)
             ct, cs = process.coefficients(t), process.coefficients(s)
             beta = process.transition_variance(t, s)
             mean_x = ct.alpha / cs.alpha * cs.sigma**2 / ct.sigma**2
