@@ -50,7 +50,8 @@ class NoiseSource:
 
     def __init__(self, batch: int, seed: int, device: torch.device, dtype: torch.dtype, offset: int = 0) -> None:
         self.device, self.dtype = device, dtype
-        self.generators = [torch.Generator(device=device).manual_seed(seed + offset + i) for i in range(batch)]
+        self.seeds = range(seed + offset, seed + offset + batch)
+        self._generators: list[torch.Generator] | None = None  # made at the first draw (DDIM's x_T given: never)
         self._buffer: Tensor | None = None
         self._next = 0
         self._refills = 0
@@ -62,6 +63,13 @@ class NoiseSource:
             torch.seed() % 2**62
         )
         return cls(batch, seed, device, dtype, offset)
+
+    @property
+    def generators(self) -> list[torch.Generator]:
+        """One generator per sample, seeded ``seed + offset + i``."""
+        if self._generators is None:
+            self._generators = [torch.Generator(device=self.device).manual_seed(s) for s in self.seeds]
+        return self._generators
 
     @classmethod
     def chunk(cls, event_shape: tuple[int, ...], refill: int) -> int:
@@ -78,7 +86,7 @@ class NoiseSource:
             if self._buffer is not None and self._buffer.shape[2:] != event_shape:
                 self._refills = 0
             steps = self.chunk(event_shape, self._refills)
-            self._buffer = torch.empty((len(self.generators), steps, *event_shape), device=self.device,
+            self._buffer = torch.empty((len(self.seeds), steps, *event_shape), device=self.device,
                                        dtype=self.dtype)
             for row, g in zip(self._buffer, self.generators):
                 row.normal_(generator=g)
