@@ -12,6 +12,11 @@ diffusers' loop is its pipelines' (``set_timesteps``, then ``step(model(x, t), t
 is ``genflow.samplers.run`` with the starting noise given. Timing needs a quiet machine: on a
 shared one the loop - net column moves by more than the overhead itself.
 
+A second table: the per-sample noise (``NoiseSource``) of the stochastic samplers at batch 4096
+(2-D) and 256 x 3x32x32: a draw per step from a fresh source (``steps + 1`` draws, its generators
+made included) against one plain ``torch.randn`` of the batch (which is not batch-independent),
+and each sampler's time per step with a network that costs nothing.
+
     pip install --no-deps diffusers   # plus its small imports, see bench_peers.py
     python scripts/bench_overhead.py --repeats 7
 """
@@ -26,7 +31,8 @@ import torch
 
 from genflow.nets import UNet
 from genflow.processes import DDPM
-from genflow.samplers import run
+from genflow.processes import VPSDE
+from genflow.samplers import NoiseSource, run
 
 STEPS = 50
 
@@ -94,6 +100,30 @@ def table(repeats: int) -> None:
                   f"| {over['gf']:.3f} | {over['df']:.3f} | {alone['gf']:.3f} | {alone['df']:.3f} |", flush=True)
 
 
+def noise_table(repeats: int) -> None:
+    print("\n| batch x example | per-sample draw (ms/step) | plain randn (ms/step) | ddpm alone | euler_maruyama alone "
+          "| pc alone (ms/NFE) |")
+    print("|---|---|---|---|---|---|")
+    free = lambda x, t: x  # noqa: E731
+    for shape in ((4096, 2), (256, 3, 32, 32)):
+        best = {key: float("inf") for key in ("source", "plain", "ddpm", "euler_maruyama", "pc")}
+        for r in range(repeats):
+            def draws():
+                source = NoiseSource(shape[0], r, torch.device("cpu"), torch.float32)
+                for _ in range(STEPS + 1):
+                    source.randn(shape[1:])
+
+            best["source"] = min(best["source"], timed(draws) / (STEPS + 1))
+            best["plain"] = min(best["plain"], timed(lambda: [torch.randn(shape) for _ in range(STEPS + 1)]) / (STEPS + 1))
+            for sampler, process in (("ddpm", DDPM(timesteps=1000)), ("euler_maruyama", VPSDE()), ("pc", VPSDE())):
+                steps = STEPS // 2 if sampler == "pc" else STEPS
+                nfe = 2 * steps + 1 if sampler == "pc" else steps + (sampler != "ddpm")
+                best[sampler] = min(best[sampler], timed(lambda: run(free, process, sampler=sampler, steps=steps,
+                                                                     shape=shape)) / nfe)
+        print(f"| {shape[0]} x {'x'.join(map(str, shape[1:]))} | " + " | ".join(f"{1e3 * best[k]:.3f}" for k in best) + " |",
+              flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats (best of each kept)")
@@ -103,6 +133,7 @@ def main() -> None:
     print(f"genflow bench_overhead — torch {torch.__version__}, {args.threads} thread(s), "
           f"{STEPS} steps, DDPM(T=1000), best of {args.repeats}\n")
     table(args.repeats)
+    noise_table(args.repeats)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ loaded, under a stub parent package (``load_k_sampling``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import math
@@ -195,7 +196,14 @@ def run_diffusers(setting: tuple[type, dict], target, process, x_t: Tensor, nfe:
 
 
 def genflow_settings() -> dict[str, tuple[str, dict]]:
-    return {f"gf {s} {sch}": (s, {"schedule": sch}) for s in GENFLOW if s in SAMPLERS for sch in SCHEDULES}
+    """Each registered few-step sampler on each schedule (one default row for one without schedules)."""
+    sets = {}
+    for name in (s for s in GENFLOW if s in SAMPLERS):
+        if "schedule" in {f.name for f in dataclasses.fields(SAMPLERS[name])}:
+            sets.update({f"gf {name} {sch}": (name, {"schedule": sch}) for sch in SCHEDULES})
+        else:
+            sets[f"gf {name}"] = (name, {})
+    return sets
 
 
 def run_genflow(setting: tuple[str, dict], target, process, x_t: Tensor, nfe: int) -> tuple[Tensor, int]:
