@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from genflow.processes.base import Denoised, GaussianPath
+from genflow.processes.base import Denoised, GaussianPath, PathCoefficients
 from genflow.utils import check_choice
 
 SPACINGS = ("leading", "trailing", "linspace", "quadratic")
@@ -120,9 +120,9 @@ class CountingModel:
                 raise ValueError("guidance needs the unconditional cond (uncond=)")
             self.pairs = {k: torch.cat([v, uncond[k]]) for k, v in cond.items()}
 
-    def denoise(self, x: Tensor, t: Tensor) -> Denoised:
+    def denoise(self, x: Tensor, t: Tensor, coefficients: PathCoefficients | None = None) -> Denoised:
         """The network at (x, t) as (x0, eps); a shared time (``full_time``'s) has its coefficients
-        computed once, on one element, and broadcast."""
+        computed once, on one element, and broadcast, or given (``StepTimes.at``)."""
         self.nfe += 1
         if not self.guidance:
             out = self.model(x, t, **self.cond)
@@ -130,7 +130,7 @@ class CountingModel:
             out_c, out_u = self.model(torch.cat([x, x]), torch.cat([t, t]), **self.pairs).chunk(2)
             out = out_c + self.guidance * (out_c - out_u)
         self.calls.append((t[:1], torch.isfinite(x).all() & torch.isfinite(out).all()))
-        return self.process.to_hub(out, x, shared_time(t))
+        return self.process.to_hub(out, x, shared_time(t), coefficients=coefficients)
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """dx/dt of the probability-flow ODE (flow ODE for flows): alpha' x0 + sigma' eps."""
@@ -250,3 +250,19 @@ def full_time(t: float, x: Tensor) -> Tensor:
 def shared_time(t: Tensor) -> Tensor:
     """The one element of a time vector that ``full_time`` expanded, else ``t`` as it is."""
     return t[:1] if t.ndim == 1 and t.shape[0] > 1 and t.stride(0) == 0 else t
+
+
+class StepTimes:
+    """A grid's times in ``x``'s dtype and device and their coefficients, computed in one call per
+    run; ``at(i)`` hands a step its time (expanded, as ``full_time``) and coefficients (one
+    element each) by slicing, with no arithmetic per step."""
+
+    def __init__(self, process: GaussianPath, grid: list[float], x: Tensor) -> None:
+        self.times = torch.tensor(grid, dtype=x.dtype, device=x.device)
+        self.c = process.coefficients(self.times)
+        self.batch = x.shape[0]
+
+    def at(self, i: int) -> tuple[Tensor, PathCoefficients]:
+        c = self.c
+        return self.times[i:i + 1].expand(self.batch), PathCoefficients(
+            c.alpha[i:i + 1], c.sigma[i:i + 1], c.d_alpha[i:i + 1], c.d_sigma[i:i + 1])
