@@ -122,10 +122,12 @@ class CountingModel:
 
     def denoise(self, x: Tensor, t: Tensor, coefficients: PathCoefficients | None = None) -> Denoised:
         """The network at (x, t) as (x0, eps); a shared time (``full_time``'s) has its coefficients
-        computed once, on one element, and broadcast, or given (``StepTimes.at``)."""
+        computed once, on one element, and broadcast, or given (``StepTimes.at``). The network
+        gets the time as one contiguous vector (one input layout for a compiled net or a CUDA
+        graph, and a tensor it may write into): a fill, no arithmetic per example."""
         self.nfe += 1
         if not self.guidance:
-            out = self.model(x, t, **self.cond)
+            out = self.model(x, t.contiguous(), **self.cond)
         else:
             out_c, out_u = self.model(torch.cat([x, x]), torch.cat([t, t]), **self.pairs).chunk(2)
             out = out_c + self.guidance * (out_c - out_u)
@@ -242,8 +244,8 @@ def one_time(t: float, x: Tensor) -> Tensor:
 
 
 def full_time(t: float, x: Tensor) -> Tensor:
-    """The time ``t`` for every example of ``x``: ``one_time`` expanded (a stride-0 view, no
-    per-example values), which is what the network gets."""
+    """The time ``t`` for every example of ``x``: ``one_time`` expanded (a stride-0 view; the
+    network gets it made contiguous by ``CountingModel``)."""
     return one_time(t, x).expand(x.shape[0])
 
 
