@@ -218,6 +218,47 @@ def test_reproducible_and_independent_of_batch_size(sampler):
     torch.testing.assert_close(rest, big[4:], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("event", [(2,), (3, 5, 5)])
+def test_noise_source_streams_are_each_samples_own_generator(event):
+    """Sample i's k-th draw is the k-th of torch.randn from Generator(seed + offset + i), whatever
+    the refills' chunk sizes (336 draws of 2 values are chunks of 16, 64 and 256 steps)."""
+    source = genflow.samplers.NoiseSource(3, 40, torch.device("cpu"), torch.float64, offset=5)
+    draws = torch.stack([source.randn(event) for _ in range(336)], 1)
+    for i in range(3):
+        own = torch.randn((336, *event), generator=torch.Generator().manual_seed(45 + i), **F64)
+        assert torch.equal(draws[i], own)
+
+
+class _Probe(DDPM):
+    """DDPM that records how many times each call of ``coefficients`` was given."""
+
+    def __init__(self) -> None:
+        super().__init__(timesteps=100)
+        self.sizes: list[int] = []
+
+    def coefficients(self, t):
+        self.sizes.append(t.numel())
+        return super().coefficients(t)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "euler_maruyama", "pc", "dpmpp_2m", "heun"])
+def test_a_step_computes_its_coefficients_once_and_the_network_gets_one_time_expanded(sampler):
+    """Every example of a step shares one time: coefficients on one element (not the batch's 37),
+    and the network's time vector is that one value for all, contiguous (one layout: test_accel)."""
+    process, seen = _Probe(), []
+    model = gaussian().model(process)
+
+    def net(x, t):
+        seen.append(t.is_contiguous() and t.shape == (37,) and bool((t == t[0]).all()))
+        return model(x, t)
+
+    run(net, process, sampler=sampler, steps=10, shape=(37, 2), **F64)
+    assert all(seen) and len(seen) >= 10
+    process.sizes.clear()
+    run(lambda x, t: x, process, sampler=sampler, steps=10, shape=(37, 2), **F64)
+    assert 37 not in process.sizes
+
+
 def test_nfe_is_counted():
     vp, ddpm = VPSDE(), DDPM(timesteps=100)
     model = gaussian().model(vp)

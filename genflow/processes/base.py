@@ -182,11 +182,13 @@ class GaussianPath(ABC):
         return -0.5 * sum_except_batch(x**2) / s**2 - d * (math.log(s) + 0.5 * math.log(2 * math.pi))
 
     # ----------------------------------------------------------------- the conversion hub
-    def to_hub(self, out: Tensor, x: Tensor, t: Tensor, kind: str | None = None) -> Denoised:
-        """Turn a prediction of ``kind`` (default: this process's) at (x, t) into (x0, eps)."""
+    def to_hub(self, out: Tensor, x: Tensor, t: Tensor, kind: str | None = None,
+               coefficients: PathCoefficients | None = None) -> Denoised:
+        """Turn a prediction of ``kind`` (default: this process's) at (x, t) into (x0, eps);
+        ``coefficients`` are ``self.coefficients(t)`` where the caller has them already."""
         kind = self.prediction if kind is None else kind
         check_choice(kind, PREDICTIONS, "prediction kind")
-        c = self.coefficients(t)
+        c = self.coefficients(t) if coefficients is None else coefficients
         a, s = append_dims(c.alpha, x.ndim), append_dims(c.sigma, x.ndim)
         if kind == "eps":
             return Denoised(x0=(x - s * out) / a, eps=out)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from genflow.processes.base import Denoised, GaussianPath
+from genflow.processes.base import Denoised, GaussianPath, PathCoefficients
 from genflow.utils import check_choice
 
 SPACINGS = ("leading", "trailing", "linspace", "quadratic")
@@ -34,18 +34,27 @@ class NoiseSource:
 
     Sample ``i`` of a batch uses seed ``seed + offset + i``; a batch of k equals the first k
     samples of a batch of 2k, and batches with offsets 0, k, 2k, ... equal one big batch. Each
-    generator draws the noise of several steps at once (how many depends on the example's size
-    only, never on the batch), so the per-sample streams cost few calls per step.
+    generator draws the noise of several steps in one call, written in place into one buffer for
+    the batch: ``base`` steps first (16, fewer for examples of over 2^14 values), then four times
+    as many per refill, up to ``MAX_CHUNK`` steps or ``GROW_VALUES`` values per sample (the growth
+    is for small examples, where one call per generator costs more than its numbers). How many
+    depends on the example's size and the refill's rank only, never on the batch. On the CPU the
+    chunking does not change the numbers: a generator's normals drawn in calls of whole blocks of
+    16 values are the same as in one call, and every chunk but a fixed one for examples of over
+    2^14 values is a multiple of 16 steps. On CUDA a sample's stream depends on the chunks.
     """
 
-    CHUNK_VALUES = 2**18  # values per sample drawn in one call (at most MAX_CHUNK steps)
-    MAX_CHUNK = 16
+    CHUNK_VALUES = 2**18  # values per sample drawn in one call at most (the first refills)
+    GROW_VALUES = 2**11  # values per sample a refill grows to at most (small examples)
+    MAX_CHUNK = 256  # steps per call at most
 
     def __init__(self, batch: int, seed: int, device: torch.device, dtype: torch.dtype, offset: int = 0) -> None:
         self.device, self.dtype = device, dtype
-        self.generators = [torch.Generator(device=device).manual_seed(seed + offset + i) for i in range(batch)]
+        self.seeds = range(seed + offset, seed + offset + batch)
+        self._generators: list[torch.Generator] | None = None  # made at the first draw (DDIM's x_T given: never)
         self._buffer: Tensor | None = None
         self._next = 0
+        self._refills = 0
 
     @classmethod
     def from_generator(cls, batch, generator, device, dtype, offset: int = 0) -> NoiseSource:
@@ -55,14 +64,33 @@ class NoiseSource:
         )
         return cls(batch, seed, device, dtype, offset)
 
+    @property
+    def generators(self) -> list[torch.Generator]:
+        """One generator per sample, seeded ``seed + offset + i``."""
+        if self._generators is None:
+            self._generators = [torch.Generator(device=self.device).manual_seed(s) for s in self.seeds]
+        return self._generators
+
+    @classmethod
+    def chunk(cls, event_shape: tuple[int, ...], refill: int) -> int:
+        """Steps drawn per generator call at the ``refill``-th refill (0-based) for this example size."""
+        size = max(1, math.prod(event_shape))
+        base = max(1, min(16, cls.CHUNK_VALUES // size))
+        most = max(base, min(cls.MAX_CHUNK, cls.GROW_VALUES // size) // 16 * 16)  # whole blocks of 16 steps
+        return min(most, base * 4**refill)
+
     def randn(self, event_shape: tuple[int, ...]) -> Tensor:
         """One standard-normal draw per sample, shaped ``[batch, *event_shape]``."""
         event_shape = tuple(event_shape)
         if self._buffer is None or self._buffer.shape[2:] != event_shape or self._next == self._buffer.shape[1]:
-            chunk = max(1, min(self.MAX_CHUNK, self.CHUNK_VALUES // max(1, math.prod(event_shape))))
-            self._buffer = torch.stack([torch.randn((chunk, *event_shape), generator=g, device=self.device,
-                                                    dtype=self.dtype) for g in self.generators])
-            self._next = 0
+            if self._buffer is not None and self._buffer.shape[2:] != event_shape:
+                self._refills = 0
+            steps = self.chunk(event_shape, self._refills)
+            self._buffer = torch.empty((len(self.seeds), steps, *event_shape), device=self.device,
+                                       dtype=self.dtype)
+            for row, g in zip(self._buffer, self.generators):
+                row.normal_(generator=g)
+            self._next, self._refills = 0, self._refills + 1
         self._next += 1
         return self._buffer[:, self._next - 1]
 
@@ -92,20 +120,24 @@ class CountingModel:
                 raise ValueError("guidance needs the unconditional cond (uncond=)")
             self.pairs = {k: torch.cat([v, uncond[k]]) for k, v in cond.items()}
 
-    def denoise(self, x: Tensor, t: Tensor) -> Denoised:
+    def denoise(self, x: Tensor, t: Tensor, coefficients: PathCoefficients | None = None) -> Denoised:
+        """The network at (x, t) as (x0, eps); a shared time (``full_time``'s) has its coefficients
+        computed once, on one element, and broadcast, or given (``StepTimes.at``). The network
+        gets the time as one contiguous vector (one input layout for a compiled net or a CUDA
+        graph, and a tensor it may write into): a fill, no arithmetic per example."""
         self.nfe += 1
         if not self.guidance:
-            out = self.model(x, t, **self.cond)
+            out = self.model(x, t.contiguous(), **self.cond)
         else:
             out_c, out_u = self.model(torch.cat([x, x]), torch.cat([t, t]), **self.pairs).chunk(2)
             out = out_c + self.guidance * (out_c - out_u)
         self.calls.append((t[:1], torch.isfinite(x).all() & torch.isfinite(out).all()))
-        return self.process.to_hub(out, x, t)
+        return self.process.to_hub(out, x, shared_time(t), coefficients=coefficients)
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
         """dx/dt of the probability-flow ODE (flow ODE for flows): alpha' x0 + sigma' eps."""
         hub = self.denoise(x, t)
-        return self.process.from_hub(hub.x0, hub.eps, t, "velocity")
+        return self.process.from_hub(hub.x0, hub.eps, shared_time(t), "velocity")
 
     def first_nonfinite(self) -> tuple[int, float] | None:
         """The first evaluation (1-based) whose input or output was not finite, and its time."""
@@ -205,6 +237,34 @@ def to_data(net: CountingModel, x: Tensor, t: float) -> Tensor:
     return net.denoise(x, full_time(t, x)).x0
 
 
+def one_time(t: float, x: Tensor) -> Tensor:
+    """The time ``t`` as a one-element tensor in ``x``'s dtype and device: what a step's
+    coefficients are computed on (once per step, broadcast over the batch by ``append_dims``)."""
+    return torch.full((1,), float(t), device=x.device, dtype=x.dtype)
+
+
 def full_time(t: float, x: Tensor) -> Tensor:
-    """The time ``t`` for every example of ``x``, in ``x``'s dtype and device."""
-    return torch.full((x.shape[0],), float(t), device=x.device, dtype=x.dtype)
+    """The time ``t`` for every example of ``x``: ``one_time`` expanded (a stride-0 view; the
+    network gets it made contiguous by ``CountingModel``)."""
+    return one_time(t, x).expand(x.shape[0])
+
+
+def shared_time(t: Tensor) -> Tensor:
+    """The one element of a time vector that ``full_time`` expanded, else ``t`` as it is."""
+    return t[:1] if t.ndim == 1 and t.shape[0] > 1 and t.stride(0) == 0 else t
+
+
+class StepTimes:
+    """A grid's times in ``x``'s dtype and device and their coefficients, computed in one call per
+    run; ``at(i)`` hands a step its time (expanded, as ``full_time``) and coefficients (one
+    element each) by slicing, with no arithmetic per step."""
+
+    def __init__(self, process: GaussianPath, grid: list[float], x: Tensor) -> None:
+        self.times = torch.tensor(grid, dtype=x.dtype, device=x.device)
+        self.c = process.coefficients(self.times)
+        self.batch = x.shape[0]
+
+    def at(self, i: int) -> tuple[Tensor, PathCoefficients]:
+        c = self.c
+        return self.times[i:i + 1].expand(self.batch), PathCoefficients(
+            c.alpha[i:i + 1], c.sigma[i:i + 1], c.d_alpha[i:i + 1], c.d_sigma[i:i + 1])

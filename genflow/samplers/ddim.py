@@ -7,10 +7,10 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from genflow.processes.base import GaussianPath
+from genflow.processes.base import GaussianPath, PathCoefficients
 from genflow.samplers.base import Sampler, option
-from genflow.samplers.common import (SPACINGS, CountingModel, NoiseSource, check_transitions, full_time, refuse,
-                                     time_grid, to_data)
+from genflow.samplers.common import (SPACINGS, CountingModel, NoiseSource, StepTimes, check_transitions, full_time,
+                                     refuse, shared_time, time_grid, to_data)
 from genflow.utils import append_dims
 
 SPACING_DOC = "time grid (continuous processes: linspace or quadratic)"
@@ -47,16 +47,20 @@ def ddim_walk(net: CountingModel, process: GaussianPath, x: Tensor, grid: list[f
               noise: NoiseSource | None = None, progress=lambda it: it) -> Tensor:
     """DDIM steps from ``grid[0]`` through each later time: towards the data (sampling) or, with an
     increasing grid and eta = 0, towards the noise (encoding; Song et al. 2021, sec. 4.3)."""
+    steps = StepTimes(process, grid, x)
     for i in progress(range(len(grid) - 1)):
-        t, s = full_time(grid[i], x), full_time(grid[i + 1], x)
-        hub = net.denoise(x, t)
-        x = ddim_step(process, hub.x0, hub.eps, t, s, eta, noise)
+        (t, ct), (s, cs) = steps.at(i), steps.at(i + 1)
+        hub = net.denoise(x, t, ct)
+        x = ddim_step(process, hub.x0, hub.eps, t, s, eta, noise, cs)
     return x
 
 
-def ddim_step(process, x0: Tensor, eps: Tensor, t: Tensor, s: Tensor, eta: float, noise: NoiseSource) -> Tensor:
-    """One step of DDIM eq. 12 from t to s < t; c^2 = eta^2 (the posterior variance of q(x_s | x_t, x0))."""
-    cs = process.coefficients(s)
+def ddim_step(process, x0: Tensor, eps: Tensor, t: Tensor, s: Tensor, eta: float, noise: NoiseSource,
+              cs: PathCoefficients | None = None) -> Tensor:
+    """One step of DDIM eq. 12 from t to s < t; c^2 = eta^2 (the posterior variance of q(x_s | x_t, x0)).
+    ``cs``: the coefficients at s, where the caller has them."""
+    t, s = shared_time(t), shared_time(s)
+    cs = process.coefficients(s) if cs is None else cs
     a_s, s_s = append_dims(cs.alpha, x0.ndim), append_dims(cs.sigma, x0.ndim)
     x = a_s * x0
     if eta == 0:
@@ -89,6 +93,7 @@ class DDPMAncestral(Sampler):
         for i in progress(range(len(grid) - 1)):
             t, s = full_time(grid[i], x), full_time(grid[i + 1], x)
             hub = net.denoise(x, t)
+            t, s = shared_time(t), shared_time(s)
             ct, cs = process.coefficients(t), process.coefficients(s)
             beta = process.transition_variance(t, s)
             mean_x = ct.alpha / cs.alpha * cs.sigma**2 / ct.sigma**2

@@ -11,7 +11,7 @@ from torch import Tensor
 from genflow.processes.base import GaussianPath
 from genflow.samplers.base import Sampler, option
 from genflow.samplers.common import (CountingModel, NoiseSource, check_reverse_sde, check_steps, check_transitions,
-                                     full_time, refuse, to_data)
+                                     full_time, one_time, refuse, to_data)
 from genflow.utils import append_dims
 
 
@@ -28,8 +28,8 @@ def _check_diffusion(name: str, process: GaussianPath) -> None:
 
 def euler_maruyama_step(net: CountingModel, process, x: Tensor, t: float, s: float, noise: NoiseSource) -> Tensor:
     """x_s = x + (f x - g^2 score)(s - t) + g sqrt(t - s) z, the reverse SDE (Song et al. eq. 6)."""
-    tt = full_time(t, x)
-    hub = net.denoise(x, tt)
+    hub = net.denoise(x, full_time(t, x))
+    tt = one_time(t, x)
     sigma = append_dims(process.sigma(tt), x.ndim)
     g2 = append_dims(process.diffusion_sq(tt), x.ndim)
     drift = process.forward_drift(x, tt) + g2 * hub.eps / sigma  # f x - g^2 score, score = -eps/sigma
@@ -38,8 +38,8 @@ def euler_maruyama_step(net: CountingModel, process, x: Tensor, t: float, s: flo
 
 def reverse_diffusion_step(net: CountingModel, process, x: Tensor, t: float, s: float, noise: NoiseSource) -> Tensor:
     """Song et al. eq. 47 generalized: invert the discrete forward step x_t = (a_t/a_s) x_s + G n."""
-    tt, ss = full_time(t, x), full_time(s, x)
-    hub = net.denoise(x, tt)
+    hub = net.denoise(x, full_time(t, x))
+    tt, ss = one_time(t, x), one_time(s, x)
     ct, cs = process.coefficients(tt), process.coefficients(ss)
     ratio = append_dims(ct.alpha / cs.alpha, x.ndim)
     g2 = append_dims(process.transition_variance(tt, ss), x.ndim)
@@ -54,9 +54,9 @@ def langevin_step(net: CountingModel, process, x: Tensor, t: float, s: float, sn
     score_sde uses realized norms averaged over the batch, which makes a sample depend on its batch
     (and per-example realized norms blow up where the score vanishes, e.g. at a mode).
     """
-    tt, ss = full_time(t, x), full_time(s, x)
+    tt, ss = one_time(t, x), one_time(s, x)
     sigma = process.sigma(tt)
-    score = -net.denoise(x, tt).eps / append_dims(sigma, x.ndim)
+    score = -net.denoise(x, full_time(t, x)).eps / append_dims(sigma, x.ndim)
     a = (process.alpha(tt) / process.alpha(ss)) ** 2  # 1 - beta_i for VP, 1 for VE
     step = append_dims(2 * a * (snr * sigma) ** 2, x.ndim)
     return x + step * score + (2 * step).sqrt() * noise.randn(x.shape[1:])

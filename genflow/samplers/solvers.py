@@ -22,7 +22,7 @@ from torch import Tensor
 
 from genflow.processes.base import GaussianPath
 from genflow.samplers.base import Floats, Sampler, option
-from genflow.samplers.common import CountingModel, NoiseSource, check_steps, full_time, to_data
+from genflow.samplers.common import CountingModel, NoiseSource, StepTimes, check_steps, full_time, to_data
 from genflow.utils import check_choice
 
 #: ``logsnr``: uniform in log-SNR (DPM-Solver's choice); ``karras``: EDM eq. 5 with ``rho``;
@@ -210,8 +210,9 @@ class DPMSolverPP2M(_GridOptions):
         alpha, sigma = _coefficients(process, grid.times)
         lam = [0.5 * v for v in grid.log_snrs]
         history: list[Tensor] = []  # x0 predictions at the grid times so far, newest last
+        steps = StepTimes(process, grid.times, x)
         for i in progress(range(len(grid.times) - 1)):
-            history = [*history[-(self.order - 1):], net.denoise(x, full_time(grid.times[i], x)).x0]
+            history = [*history[-(self.order - 1):], net.denoise(x, *steps.at(i)).x0]
             # alpha_s (1 - e^-h) = alpha_s - alpha_t sigma_s / sigma_t: finite at a flow's alpha_t = 0
             ratio = sigma[i + 1] / sigma[i]
             x = ratio * x + (alpha[i + 1] - alpha[i] * ratio) * history[-1]
