@@ -69,7 +69,7 @@ def paper_step(process, model, x, lam_s, lam_t, order, prediction):
     DPM-Solver++'s singlestep forms on x0 (2S: Lu et al. 2022b, Alg. 1), written as the papers do."""
     h = lam_t - lam_s
     t_s, a_s, s_s = coefficients(process, lam_s)
-    t_t, a_t, s_t = coefficients(process, lam_t)
+    _, a_t, s_t = coefficients(process, lam_t)
 
     def m(x, t):
         hub = process.denoise(model, x, t.expand(len(x)))
