@@ -204,13 +204,21 @@ class DPMSolverPP2M(_GridOptions):
     name: ClassVar[str] = "dpmpp_2m"
     #: How many past x0 predictions a step uses (2: this class; 3: ``DPMSolverPP3M``).
     order: ClassVar[int] = 2
+    lower_order_final: bool = option(False, "lower the order on the last steps to the steps left (diffusers' "
+                                     "lower_order_final; the step to s = 0 is always first order)")
+
+    @property
+    def d2_weight(self) -> float:
+        """The weight of the x0'' term (``DPMSolverPP3M``'s ``second_derivative``)."""
+        return 1.0
 
     def __call__(self, net: CountingModel, process: GaussianPath, x: Tensor, noise: NoiseSource, progress) -> Tensor:
         grid = self.grid(process)
         alpha, sigma = _coefficients(process, grid.times)
         lam = [0.5 * v for v in grid.log_snrs]
         history: list[Tensor] = []  # x0 predictions at the grid times so far, newest last
-        for i in progress(range(len(grid.times) - 1)):
+        steps = len(grid.times) - 1
+        for i in progress(range(steps)):
             history = [*history[-(self.order - 1):], net.denoise(x, full_time(grid.times[i], x)).x0]
             # alpha_s (1 - e^-h) = alpha_s - alpha_t sigma_s / sigma_t: finite at a flow's alpha_t = 0
             ratio = sigma[i + 1] / sigma[i]
@@ -218,17 +226,19 @@ class DPMSolverPP2M(_GridOptions):
             # past steps of finite length (a flow's first step starts at lambda = -inf)
             past = [lam[j] - lam[j - 1] for j in range(i, i - len(history) + 1, -1)]
             usable = next((k for k, h in enumerate(past) if not math.isfinite(h)), len(past))
+            if self.lower_order_final:  # order <= the steps left, the step to s = 0 included
+                usable = min(usable, steps + grid.to_data - i - 1)
             x = x + alpha[i + 1] * self.correction(history[len(history) - 1 - usable:], past[:usable],
-                                                    lam[i + 1] - lam[i])
+                                                    lam[i + 1] - lam[i], self.d2_weight)
         return to_data(net, x, grid.times[-1]) if grid.to_data else x  # the step to s = 0
 
     @staticmethod
-    def correction(x0s: list[Tensor], past: list[float], h: float) -> Tensor | float:
+    def correction(x0s: list[Tensor], past: list[float], h: float, d2_weight: float = 1.0) -> Tensor | float:
         """What the multistep terms add to the DDIM step, divided by alpha_s: 0 with one x0;
         with two, (1 - e^-h)/(2r) (x0_t - x0_prev) (Alg. 2); with three, phi_2 D1 - phi_3 D2 with
         phi_2 = (e^-h - 1)/h + 1, phi_3 = (e^-h - 1 + h)/h^2 - 1/2 and D1 ~ h x0', D2 ~ h^2 x0''
         (derivatives in lambda) from the quadratic through the three x0: exact when x0 is
-        quadratic in lambda (tested)."""
+        quadratic in lambda (tested); ``d2_weight`` 0.5 is the reference code's D2."""
         if len(x0s) == 1:
             return 0.0
         em1 = math.expm1(-h)  # e^-h - 1
@@ -239,7 +249,7 @@ class DPMSolverPP2M(_GridOptions):
         r1 = past[1] / h
         d1_1 = (x0s[-2] - x0s[-3]) / r1
         d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-        d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)  # h^2 x0'': the reference code's D2 lacks this 2
+        d2 = 2.0 * d2_weight * (d1_0 - d1_1) / (r0 + r1)  # h^2 x0'': the reference code's D2 lacks this 2
         return (em1 / h + 1.0) * d1 - ((em1 + h) / h**2 - 0.5) * d2
 
 
@@ -256,6 +266,12 @@ class DPMSolverPP3M(DPMSolverPP2M):
 
     name: ClassVar[str] = "dpmpp_3m"
     order: ClassVar[int] = 3
+    second_derivative: str = option("full", "the x0'' term's weight: full (exact at order 3) or half (the "
+                                    "reference code's and diffusers')", choices=("full", "half"))
+
+    @property
+    def d2_weight(self) -> float:
+        return 1.0 if self.second_derivative == "full" else 0.5
 
 
 @dataclass(frozen=True)
