@@ -208,7 +208,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer rows, 2 seeds, n=1000")
     parser.add_argument("--few-steps", action="store_true",
-                        help="the few-step rows instead (5-20 NFE, final-step and 3M-weight settings; no overhead table)")
+                        help="the few-step rows instead (5-20 NFE, final-step and 3M-weight settings; "
+                             "no overhead table)")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--only", nargs="+", default=None, metavar="SAMPLER",
                         help="quality rows of these samplers only (e.g. --only dpmpp_2m heun)")

@@ -97,7 +97,8 @@ def paper_step(process, model, x, lam_s, lam_t, order, prediction):
     r1, r2 = 1 / 3, 2 / 3
     (t1, a1, s1), (t2, a2, s2) = coefficients(process, lam_s + r1 * h), coefficients(process, lam_s + r2 * h)
     u1 = s1 / s_s * x - a1 * math.expm1(-r1 * h) * m_s
-    u2 = s2 / s_s * x - a2 * math.expm1(-r2 * h) * m_s + r2 / r1 * a2 * (math.expm1(-r2 * h) / (r2 * h) + 1) * (m(u1, t1) - m_s)
+    u2 = (s2 / s_s * x - a2 * math.expm1(-r2 * h) * m_s
+          + r2 / r1 * a2 * (math.expm1(-r2 * h) / (r2 * h) + 1) * (m(u1, t1) - m_s))
     return s_t / s_s * x - a_t * math.expm1(-h) * m_s + 1 / r2 * a_t * (math.expm1(-h) / h + 1) * (m(u2, t2) - m_s)
 
 
@@ -135,7 +136,8 @@ def test_nfe_is_the_budget_and_bad_options_are_one_line(name):
     for budget in (1, 2, 3, 4, 5, 9):
         assert_nfe_is_honest(model, process, "dpm_solver", budget)
     for order in (0, 4, 2.5):
-        with pytest.raises(ValueError, match=rf"^sampler 'dpm_solver': order must be an integer >= 1 and <= 3; got {order}$"):
+        message = rf"^sampler 'dpm_solver': order must be an integer >= 1 and <= 3; got {order}$"
+        with pytest.raises(ValueError, match=message):
             run(model, process, sampler="dpm_solver", steps=4, shape=(2, 2), order=order)
     with pytest.raises(ValueError, match="^sampler 'dpm_solver': prediction must be one of data, noise; got 'v'$"):
         run(model, process, sampler="dpm_solver", steps=4, shape=(2, 2), prediction="v")

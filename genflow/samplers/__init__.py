@@ -144,6 +144,7 @@ def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", s
 
 __all__ = [
     "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolver", "DPMSolverPP2M", "DPMSolverPP3M",
-    "EulerMaruyama", "Heun", "IPNDM", "LMS", "NoiseGrid", "NoiseSource", "NonFiniteSamples", "PredictorCorrector", "SampleResult",
+    "EulerMaruyama", "Heun", "IPNDM", "LMS", "NoiseGrid", "NoiseSource", "NonFiniteSamples", "PredictorCorrector",
+    "SampleResult",
     "Sampler", "UniPC", "allowed", "check_graphable", "encode", "make", "noise_grid", "option", "run", "sample", "time_grid",
 ]
