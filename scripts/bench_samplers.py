@@ -19,6 +19,7 @@ nothing, over the forward's time.
 
     python scripts/bench_samplers.py            # full table (a few minutes on 2 cores)
     python scripts/bench_samplers.py --quick    # fewer rows and seeds
+    python scripts/bench_samplers.py --few-steps --n 2000 --seeds 3   # 5-20 NFE settings (issue 15)
 """
 
 from __future__ import annotations
@@ -102,6 +103,21 @@ ROWS = [
     ("heun", 10, {"sigma_max": 5.0, "sigma_min": 0.03}),
     ("heun", 18, {}),
 ]
+#: The few-step budgets (issue 15) and, at each, every multistep / singlestep solver with the settings
+#: that decide few-step quality: the final steps' order, the 3M x0'' weight, dpm_solver's jump and form.
+BUDGETS = (5, 6, 8, 10, 15, 20)
+FEW_STEP_SETTINGS = [
+    ("dpmpp_2m", {}), ("dpmpp_2m", {"lower_order_final": True}),
+    ("dpmpp_3m", {}), ("dpmpp_3m", {"lower_order_final": True}), ("dpmpp_3m", {"second_derivative": "half"}),
+    ("dpmpp_3m", {"second_derivative": "half", "lower_order_final": True}),
+    ("lms", {}), ("lms", {"lower_order_final": False}),
+    ("ipndm", {}), ("ipndm", {"lower_order_final": False}), ("ipndm", {"order": 3}),
+    ("unipc", {}), ("unipc", {"lower_order_final": False}),
+    ("dpm_solver", {}), ("dpm_solver", {"jump_ddim": False}), ("dpm_solver", {"prediction": "noise"}),
+]
+FEW_STEP_ROWS = [(sampler, nfe, options) for nfe in BUDGETS for sampler, options in FEW_STEP_SETTINGS]
+ROWS += [(sampler, nfe, {}) for nfe in BUDGETS for sampler in ("dpmpp_2m", "dpmpp_3m", "lms", "ipndm", "unipc",
+                                                               "dpm_solver") if (sampler, nfe, {}) not in ROWS]
 QUICK_ROWS = [r for r in ROWS if (r[0], r[1]) in {("ddpm", 1000), ("ddim", 20), ("ddim", 100), ("pc", 100), ("ode", 50),
                                                   ("dpmpp_2m", 20), ("lms", 20), ("ipndm", 20),
                                                   ("heun", 18)}]
@@ -191,6 +207,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="samples per run")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="fewer rows, 2 seeds, n=1000")
+    parser.add_argument("--few-steps", action="store_true",
+                        help="the few-step rows instead (5-20 NFE, final-step and 3M-weight settings; "
+                             "no overhead table)")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--only", nargs="+", default=None, metavar="SAMPLER",
                         help="quality rows of these samplers only (e.g. --only dpmpp_2m heun)")
@@ -199,13 +218,14 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"genflow bench_samplers — torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     if not args.skip_quality:
-        rows = QUICK_ROWS if args.quick else ROWS
+        rows = FEW_STEP_ROWS if args.few_steps else QUICK_ROWS if args.quick else ROWS
         rows = [r for r in rows if args.only is None or r[0] in args.only]
         if args.quick:
             quality_table(1000, 2, rows)
         else:
             quality_table(args.n, args.seeds, rows)
-    overhead_table(args.repeats)
+    if not args.few_steps:
+        overhead_table(args.repeats)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def test_run_is_the_formula_written_out(name, sampler, weights, denoise, final):
     steps = 7
     grid = noise_grid(process, steps, "karras", to_data=denoise)
     out = run(gaussian().model(process), process, sampler=sampler, steps=steps, noise=x, schedule="karras",
-              denoise=denoise, lower_order_final=final)
+              denoise=denoise, lower_order_final=final, order=4)
     assert out.nfe == steps
     assert torch.allclose(out.samples, by_hand(process, x, grid, 4, weights, final), rtol=1e-10, atol=1e-10)
 
@@ -149,10 +149,10 @@ def test_ipndm_is_of_higher_order_on_a_grid_uniform_in_s_and_second_order_on_kar
     for n in steps:
         grid = UniformIPNDM(steps=n).grid(process)
         x_top = exact_flow(process, x, process.t_max, grid.times[0])
-        out = UniformIPNDM(steps=n, lower_order_final=False)(CountingModel(model, process, {}), process, x_top,
+        out = UniformIPNDM(steps=n, lower_order_final=False, order=4)(CountingModel(model, process, {}), process, x_top,
                                                               NoiseSource(len(x), 0, x.device, x.dtype), iter)
         uniform.append((out - exact_flow(process, x_top, grid.times[0], grid.times[-1])).abs().max().item())
-        kw = dict(schedule="karras", sigma_max=top_level(process), denoise=False, lower_order_final=False)
+        kw = dict(schedule="karras", sigma_max=top_level(process), denoise=False, lower_order_final=False, order=4)
         end = noise_grid(process, n, "karras", sigma_max=kw["sigma_max"], to_data=False).times[-1]
         out = run(model, process, sampler="ipndm", steps=n, noise=x, **kw).samples
         karras.append((out - exact_flow(process, x, process.t_max, end)).abs().max().item())

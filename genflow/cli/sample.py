@@ -61,8 +61,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, type=Path, help="a genflow checkpoint (e.g. RUN/checkpoints/last.pt)")
     p.add_argument("--sampler", default=None, help=f"{', '.join(SAMPLERS)} (default: the run's sampler config)")
     p.add_argument("--steps", type=int, default=None,
-                   help="sampler steps, >= 1; on DDPM at most its timesteps (default: the run's sampler config, "
-                        "or another sampler's own default)")
+                   help="sampler steps (dpm_solver: its NFE budget), >= 1; on DDPM at most its timesteps "
+                        "(default: the run's sampler config, or another sampler's own default)")
     add_sampler_flags(p)
     p.add_argument("--num", type=int, default=64, help="number of samples, >= 1")
     p.add_argument("--batch-size", type=int, default=256,

@@ -24,6 +24,7 @@ from genflow.samplers.guidance import check_guidance, unconditional
 from genflow.samplers.multistep import IPNDM, LMS
 from genflow.samplers.ode import ODE
 from genflow.samplers.sde import EulerMaruyama, PredictorCorrector
+from genflow.samplers.singlestep import DPMSolver
 from genflow.samplers.unipc import UniPC
 from genflow.samplers.solvers import SCHEDULES, DPMSolverPP2M, DPMSolverPP3M, Heun, NoiseGrid, noise_grid
 
@@ -40,6 +41,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
     "lms": LMS,
     "ipndm": IPNDM,
     "unipc": UniPC,
+    "dpm_solver": DPMSolver,
 }
 
 
@@ -141,7 +143,8 @@ def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", s
 
 
 __all__ = [
-    "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolverPP2M", "DPMSolverPP3M",
-    "EulerMaruyama", "Heun", "IPNDM", "LMS", "NoiseGrid", "NoiseSource", "NonFiniteSamples", "PredictorCorrector", "SampleResult",
+    "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolver", "DPMSolverPP2M", "DPMSolverPP3M",
+    "EulerMaruyama", "Heun", "IPNDM", "LMS", "NoiseGrid", "NoiseSource", "NonFiniteSamples", "PredictorCorrector",
+    "SampleResult",
     "Sampler", "UniPC", "allowed", "check_graphable", "encode", "make", "noise_grid", "option", "run", "sample", "time_grid",
 ]

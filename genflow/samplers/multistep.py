@@ -15,9 +15,21 @@ predicted x0 (as DDIM's and EDM's last step).
 - ``ipndm``: improved PNDM (Zhang & Chen 2023, DEIS, sec. 4 and App.): the fixed Adams-Bashforth
   weights of uniform steps (1; 3/2, -1/2; 23/12, -16/12, 5/12; 55/24, -59/24, 37/24, -9/24)
   times the step length s_{i+1} - s_i, whatever the grid. Only on a grid uniform in s is it of
-  high order (fitted 3.05 at ``order`` 4, its low-order warm-up included); on the usual
-  non-uniform grids the weights are off by O(h) and it converges at second order, but it is
-  strong at few steps (tested; BENCHMARKS.md).
+  high order; on the usual non-uniform grids the weights are off by O(h) and it converges at
+  second order, but it is strong at few steps (tested; BENCHMARKS.md).
+
+A variable-step iPNDM, Adams-Bashforth with the exact weights of the actual nodes in s, is
+``lms``: both integrate the polynomial through the eps predictions in the same variable s (EDM's
+sigma), with the same warm-up; where the steps in s are equal the two give the same samples
+(tests/test_few_steps.py). (The "ipndm_v" coefficients of later code agree with these at order 2
+only: at orders 3-4 they do not integrate a quadratic exactly on uneven steps, so they too are of
+second order there.)
+
+The warm-up's steps of orders 1, 2, 3 have local errors O(h^2), O(h^3), O(h^4): once each, so
+the Euler step alone bounds the global order by 2, with a constant ~ eps'(s) at the top of the
+grid. From s(t_max) ~ 157 (VP) or 80 that constant is tiny and the fitted order is 3.7-3.9 over
+40-640 steps; from s = 5 on a logsnr grid it shows (local orders 3.3 -> 2.2); on a grid uniform in
+s from 5 it does not yet (3.9).
 """
 
 from __future__ import annotations
@@ -98,9 +110,14 @@ class LMS(_Multistep):
 class IPNDM(_Multistep):
     """iPNDM (Zhang & Chen 2023): PNDM's linear multistep with a lower-order multistep warm start
     instead of Runge-Kutta; the fixed Adams-Bashforth weights of uniform steps times each step's
-    length in s. One NFE per step."""
+    length in s. One NFE per step. Its defaults, order 3 and the full order to the end, are the
+    measured best at 5-20 NFE (order 3 wins on all four exact-mixture problems from 8 NFE on;
+    keeping the order on the last steps wins on 3 of 4 at 5, 8 and 10 NFE; BENCHMARKS.md)."""
 
     name: ClassVar[str] = "ipndm"
+    order: int = option(3, "the multistep order (1: DDIM)", min=1, max=4)
+    lower_order_final: bool = option(False, "lower the order on the last steps to the steps left (the step to "
+                                     "s = 0 is the predicted x0)")
 
     def weights(self, nodes: list[float], start: float, end: float) -> list[float]:
         return [(end - start) * w for w in IPNDM_WEIGHTS[len(nodes) - 1]]

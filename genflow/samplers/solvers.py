@@ -6,7 +6,8 @@ axis (DDPM's kinks included). So the grids and solvers here are written once, in
 log-SNR), and a grid point becomes a process time through ``GaussianPath.time_at_log_snr``.
 
 - ``dpmpp_2m``: DPM-Solver++(2M), Lu et al. 2022b, Algorithm 2 (data prediction, multistep).
-- ``dpmpp_3m``: its third-order multistep sibling (with the second-derivative term at full weight).
+- ``dpmpp_3m``: its third-order multistep sibling (the second-derivative term at the reference code's half
+  weight by default, or at its full, exact weight).
 - ``heun``: EDM's Heun sampler, Karras et al. 2022, Algorithm 1 (deterministic) and, with
   ``s_churn`` > 0, Algorithm 2 (stochastic churn).
 """
@@ -204,32 +205,41 @@ class DPMSolverPP2M(_GridOptions):
     name: ClassVar[str] = "dpmpp_2m"
     #: How many past x0 predictions a step uses (2: this class; 3: ``DPMSolverPP3M``).
     order: ClassVar[int] = 2
+    lower_order_final: bool = option(False, "lower the order on the last steps to the steps left (diffusers' "
+                                     "lower_order_final; the step to s = 0 is always first order)")
+
+    @property
+    def d2_weight(self) -> float:
+        """The weight of the x0'' term (``DPMSolverPP3M``'s ``second_derivative``)."""
+        return 1.0
 
     def __call__(self, net: CountingModel, process: GaussianPath, x: Tensor, noise: NoiseSource, progress) -> Tensor:
         grid = self.grid(process)
         alpha, sigma = _coefficients(process, grid.times)
         lam = [0.5 * v for v in grid.log_snrs]
         history: list[Tensor] = []  # x0 predictions at the grid times so far, newest last
-        steps = StepTimes(process, grid.times, x)
-        for i in progress(range(len(grid.times) - 1)):
-            history = [*history[-(self.order - 1):], net.denoise(x, *steps.at(i)).x0]
+        steps, times = len(grid.times) - 1, StepTimes(process, grid.times, x)
+        for i in progress(range(steps)):
+            history = [*history[-(self.order - 1):], net.denoise(x, *times.at(i)).x0]
             # alpha_s (1 - e^-h) = alpha_s - alpha_t sigma_s / sigma_t: finite at a flow's alpha_t = 0
             ratio = sigma[i + 1] / sigma[i]
             x = ratio * x + (alpha[i + 1] - alpha[i] * ratio) * history[-1]
             # past steps of finite length (a flow's first step starts at lambda = -inf)
             past = [lam[j] - lam[j - 1] for j in range(i, i - len(history) + 1, -1)]
             usable = next((k for k, h in enumerate(past) if not math.isfinite(h)), len(past))
+            if self.lower_order_final:  # order <= the steps left, the step to s = 0 included
+                usable = min(usable, steps + grid.to_data - i - 1)
             x = x + alpha[i + 1] * self.correction(history[len(history) - 1 - usable:], past[:usable],
-                                                    lam[i + 1] - lam[i])
+                                                    lam[i + 1] - lam[i], self.d2_weight)
         return to_data(net, x, grid.times[-1]) if grid.to_data else x  # the step to s = 0
 
     @staticmethod
-    def correction(x0s: list[Tensor], past: list[float], h: float) -> Tensor | float:
+    def correction(x0s: list[Tensor], past: list[float], h: float, d2_weight: float = 1.0) -> Tensor | float:
         """What the multistep terms add to the DDIM step, divided by alpha_s: 0 with one x0;
         with two, (1 - e^-h)/(2r) (x0_t - x0_prev) (Alg. 2); with three, phi_2 D1 - phi_3 D2 with
         phi_2 = (e^-h - 1)/h + 1, phi_3 = (e^-h - 1 + h)/h^2 - 1/2 and D1 ~ h x0', D2 ~ h^2 x0''
         (derivatives in lambda) from the quadratic through the three x0: exact when x0 is
-        quadratic in lambda (tested)."""
+        quadratic in lambda (tested); ``d2_weight`` 0.5 is the reference code's D2."""
         if len(x0s) == 1:
             return 0.0
         em1 = math.expm1(-h)  # e^-h - 1
@@ -240,7 +250,7 @@ class DPMSolverPP2M(_GridOptions):
         r1 = past[1] / h
         d1_1 = (x0s[-2] - x0s[-3]) / r1
         d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-        d2 = 2.0 * (d1_0 - d1_1) / (r0 + r1)  # h^2 x0'': the reference code's D2 lacks this 2
+        d2 = 2.0 * d2_weight * (d1_0 - d1_1) / (r0 + r1)  # h^2 x0'': the reference code's D2 lacks this 2
         return (em1 / h + 1.0) * d1 - ((em1 + h) / h**2 - 0.5) * d2
 
 
@@ -251,12 +261,20 @@ class DPMSolverPP3M(DPMSolverPP2M):
 
     Lu et al.'s released code (and diffusers' ``solver_order=3``) use the same phi functions but
     D2 = (D1_0 - D1_1)/(r0 + r1), which is h^2 x0''/2, half the second derivative term, so their
-    step is not exact for a quadratic x0 and the solver converges at second order. Here
-    D2 = 2 (D1_0 - D1_1)/(r0 + r1): the fitted order on the exact single-Gaussian ODE is 3.0-3.2
-    (tests/test_solvers.py)."""
+    step is not exact for a quadratic x0 and the solver converges at second order.
+    ``second_derivative="full"`` takes D2 = 2 (D1_0 - D1_1)/(r0 + r1): the fitted order on the
+    exact single-Gaussian ODE is 3.0-3.2 (tests/test_solvers.py). The default is the reference's
+    half weight, by measurement: at 5-10 NFE it has the smaller likelihood gap on 3-4 of the 4
+    exact-mixture problems, at 15-20 on 2 (the full weight wins in 16-D there; BENCHMARKS.md)."""
 
     name: ClassVar[str] = "dpmpp_3m"
     order: ClassVar[int] = 3
+    second_derivative: str = option("half", "the x0'' term's weight: half (the reference code's and diffusers', "
+                                    "second order) or full (exact at order 3)", choices=("half", "full"))
+
+    @property
+    def d2_weight(self) -> float:
+        return 1.0 if self.second_derivative == "full" else 0.5
 
 
 @dataclass(frozen=True)
