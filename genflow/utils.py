@@ -178,3 +178,21 @@ def load_weights_only(path: str | Path, map_location: str | torch.device = "cpu"
 def _unpickler_reason(err: Exception) -> str:
     found = re.search(r"WeightsUnpickler error:\s*(.+)", str(err))
     return found.group(1).strip() if found else type(err).__name__
+
+
+ROUNDINGS = ("edm", "adm")
+
+
+def to_uint8(images: Tensor, rounding: str = "edm") -> Tensor:
+    """Samples in [-1, 1] as 8-bit values, as the published pipelines write their PNGs.
+
+    ``"edm"``: EDM's generate.py, ``(x * 127.5 + 128).clip(0, 255).to(torch.uint8)`` (round half up);
+    ``"adm"``: guided-diffusion's image_sample.py, ``((x + 1) * 127.5).clamp(0, 255).to(torch.uint8)``
+    (truncation). Out-of-range values clip to 0 or 255; NaN or inf is refused (``ValueError``)."""
+    check_choice(rounding, ROUNDINGS, "rounding")
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        raise ValueError(f"to_uint8: {bad} of {images.numel()} values are NaN or inf")
+    x = images.float()
+    scaled = x * 127.5 + 128 if rounding == "edm" else (x + 1) * 127.5
+    return scaled.clamp(0, 255).to(torch.uint8)

@@ -188,7 +188,7 @@ def compare(args, state: dict) -> dict:
 
 
 def evaluate(argv: list[str] | None) -> str:
-    from genflow.training.checkpoint import load
+    from genflow.export import load_model_file as load  # a checkpoint or a genflow-export .safetensors file
 
     args = parser().parse_args(argv)
     check_seed(args.seed)
