@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from genflow.processes import GaussianPath
 from genflow.training import distributed
 from genflow.utils import remove_stale_temps, to_uint8, write_atomically
 
@@ -36,7 +37,7 @@ class Recipe:
     a partial batch is drawn at this size and cut (a compiled or CUDA-graphed net keeps one shape)."""
 
     model: Callable[..., Tensor]
-    process: object
+    process: GaussianPath
     sampler: str
     steps: int
     shape: tuple[int, ...]

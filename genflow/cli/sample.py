@@ -286,23 +286,30 @@ def write_outputs(args, job: Job, merged: Drawn, generated: Generated, world: in
     return picture
 
 
-def run(args) -> str:
-    """Every rank: its share of the missing shards; rank 0 then merges them. Each phase ends in an
-    agreement (``distributed.agree``), so a failure on one rank fails every rank and none hangs."""
+def sample_all(args, dist) -> Path | None:
+    """Every rank of ``dist`` (``distributed.setup``): its share of the missing shards; rank 0 then
+    merges them and returns the picture's path. Each phase ends in an agreement (``distributed.agree``),
+    so a failure on one rank fails every rank and none hangs. Callable in-process (genflow-eval fid):
+    ``sample_all(parser().parse_args([...]), dist)`` leaves the process group as it found it."""
     from genflow.generate import generate, merge
+    from genflow.training import distributed
+
+    device = rank_device(args.device, dist.world) if ":" in args.device else str(dist.device)
+    start = time.perf_counter()
+    job = distributed.agree(lambda: prepare(args, device, dist.main), dist.device)
+    generated = generate(job.recipe, job.plan, rank=dist.rank, world=dist.world, device=dist.device)
+    return distributed.agree(lambda: write_outputs(args, job, merge(job.plan), generated, dist.world,
+                                                   time.perf_counter() - start) if dist.main else None, dist.device)
+
+
+def run(args) -> str:
     from genflow.training import distributed
 
     check_args(args)
     dist = distributed.setup("auto" if args.device == "auto" else args.device.split(":")[0])
     finished = False
     try:
-        device = rank_device(args.device, dist.world) if ":" in args.device else str(dist.device)
-        start = time.perf_counter()
-        job = distributed.agree(lambda: prepare(args, device, dist.main), dist.device)
-        generated = generate(job.recipe, job.plan, rank=dist.rank, world=dist.world, device=dist.device)
-        picture = distributed.agree(lambda: write_outputs(args, job, merge(job.plan), generated, dist.world,
-                                                          time.perf_counter() - start) if dist.main else None,
-                                    dist.device)
+        picture = sample_all(args, dist)
         finished = True
     finally:  # after an error leave at once: the peers may never reach the last barrier
         distributed.cleanup(wait=finished)
