@@ -116,6 +116,16 @@ def shard_ranges(num: int, shard_size: int) -> list[range]:
     return [range(start, min(start + shard_size, num)) for start in range(0, num, shard_size)]
 
 
+SHARDS_WANTED, MAX_SHARD_BATCHES = 64, 10
+
+
+def default_shard_size(num: int, batch_size: int) -> int:
+    """Whole batches per shard, 1 to 10, as many as leave about 64 shards: enough to keep up to 64
+    ranks busy and make a rerun lose little, few enough that a shard is more than a file per batch."""
+    batches = -(-num // (SHARDS_WANTED * batch_size))  # ceil
+    return batch_size * min(max(batches, 1), MAX_SHARD_BATCHES)
+
+
 def shard_path(folder: Path, indices: range) -> Path:
     return Path(folder) / f"shard-{indices.start:08d}-{indices.stop:08d}.npz"
 

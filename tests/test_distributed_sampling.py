@@ -17,7 +17,7 @@ from test_training import ROOT, finish, fit, free_port, torchrun
 
 from genflow.cli.export import main as export_main
 from genflow.cli.sample import main as sample_main
-from genflow.generate import shard_ranges
+from genflow.generate import default_shard_size, shard_ranges
 from genflow.training.distributed import share
 from genflow.utils import to_uint8
 
@@ -58,6 +58,12 @@ def test_shards_split_over_ranks_cover_every_index_once():
     for world in (1, 2, 3, 5):
         taken = [i for r in range(world) for s in share(len(ranges), r, world) for i in ranges[s]]
         assert taken == list(range(7))
+
+
+@pytest.mark.parametrize("num, batch, size", [(50_000, 256, 4 * 256), (2000, 250, 250), (7, 256, 256),
+                                              (10**7, 256, 10 * 256)])
+def test_the_default_shard_is_whole_batches_leaving_about_64_shards(num, batch, size):
+    assert default_shard_size(num, batch) == size  # 50,000: 49 shards of 4 batches; at most 10 batches
 
 
 def test_world_sizes_1_2_3_give_bit_identical_samples_and_a_rerun_draws_only_the_missing_shards(toy_ckpt, tmp_path):

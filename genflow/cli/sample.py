@@ -34,7 +34,6 @@ from genflow.accel import PRECISIONS
 from genflow.cli import FailedRun, Parser, UsageError, check_device, check_seed, guarded
 from genflow.utils import check_writable_folder, sha256_of, write_atomically
 
-SHARD_BATCHES = 10  # default --shard-size: 10 batches
 GRID_SAMPLES, POINTS_SHOWN = 64, 10_000  # grid.png shows the first 64 images; points.png the first 10,000 points
 
 def sampler_options() -> dict:
@@ -94,8 +93,9 @@ def parser() -> argparse.ArgumentParser:
                    help="output folder for grid.png (the first 64 images) or points.png, samples.npz, info.json "
                         "and shards/ (what a rerun with the same flags reuses)")
     p.add_argument("--shard-size", type=int, default=None,
-                   help=f"samples per shard file OUT/shards/shard-START-STOP.npz, >= 1 (default {SHARD_BATCHES} "
-                        "batches); a rerun draws only the shards that are missing, damaged or of other settings")
+                   help="samples per shard file OUT/shards/shard-START-STOP.npz, >= 1 (default: whole batches, 1 "
+                        "to 10, as many as leave about 64 shards); the ranks share the shards; a rerun draws only "
+                        "the shards that are missing, damaged or of other settings")
     p.add_argument("--png-dir", type=Path, default=None,
                    help="also one 8-bit PNG per sample, DIR/000123.png by its index (EDM's rounding; the layout "
                         "EDM, pytorch-fid and clean-fid read); images only")
@@ -208,7 +208,7 @@ class Job:
 def prepare(args, device: str, main: bool) -> Job:
     """Load the checkpoint (or exported file), rebuild net and process, and settle every setting."""
     from genflow import samplers
-    from genflow.generate import Plan, Recipe
+    from genflow.generate import Plan, Recipe, default_shard_size
     from genflow.cli import rebuild
     from genflow.export import check_weights, load_model_file
     from genflow.training.checkpoint import CheckpointError
@@ -252,7 +252,7 @@ def prepare(args, device: str, main: bool) -> Job:
     key_of = {**{k: v for k, v in info.items() if k not in ("checkpoint", "step", "num")}, "shape": list(shape),
               "padded_to": recipe.pad_to, "file_sha256": sha256_of(args.ckpt), "torch": torch.__version__}
     key = hashlib.sha256(json.dumps(strict_json(key_of), sort_keys=True).encode()).hexdigest()[:32]
-    shard_size = args.shard_size or SHARD_BATCHES * args.batch_size
+    shard_size = args.shard_size or default_shard_size(args.num, args.batch_size)
     plan = Plan(args.out / "shards", args.num, shard_size, key, png_dir=args.png_dir)
     return Job(recipe, plan, {**info, "shard_size": shard_size, "settings_key": key}, chosen)
 
