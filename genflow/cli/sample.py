@@ -67,7 +67,8 @@ def parser() -> argparse.ArgumentParser:
     from genflow.samplers import SAMPLERS
 
     p = Parser(prog="genflow-sample", description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", required=True, type=Path, help="a genflow checkpoint (e.g. RUN/checkpoints/last.pt)")
+    p.add_argument("--ckpt", required=True, type=Path,
+                   help="a genflow checkpoint (e.g. RUN/checkpoints/last.pt) or a genflow-export .safetensors file")
     p.add_argument("--sampler", default=None, help=f"{', '.join(SAMPLERS)} (default: the run's sampler config)")
     p.add_argument("--steps", type=int, default=None,
                    help="sampler steps, >= 1; on DDPM at most its timesteps (default: the run's sampler config, "
