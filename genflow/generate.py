@@ -202,8 +202,9 @@ def generate(recipe: Recipe, plan: Plan, *, rank: int = 0, world: int = 1,
                 write_pngs(plan, indices, drawn.samples)
         if plan.png_dir is not None:  # a reused shard's PNGs, where a killed run left some out
             for indices in [done[i] for i in distributed.share(len(done), rank, world)]:
-                write_pngs(plan, indices, read_shard(shard_path(plan.folder, indices), indices, plan.key).samples,
-                           only_missing=True)
+                shard = read_shard(shard_path(plan.folder, indices), indices, plan.key)
+                if shard is not None:  # damaged since rank 0 looked: the merge says so
+                    write_pngs(plan, indices, shard.samples, only_missing=True)
 
     distributed.agree(work, torch.device(device))
     return Generated(reused=len(done), drawn=len(todo))

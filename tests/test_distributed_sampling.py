@@ -111,33 +111,34 @@ def test_a_failing_rank_fails_every_rank_in_one_line_and_none_hangs(toy_ckpt, tm
 
 @pytest.fixture(scope="module")
 def digits_ckpt(tmp_path_factory) -> Path:
-    """A digits UNet (8x8, one channel) under DDPM, trained for one step."""
+    """A class-conditional digits UNet (8x8, one channel) under DDPM, trained for one step."""
     from test_training import tiny
 
     from genflow.training import Trainer, compose
 
     run = tmp_path_factory.mktemp("digits")
     overrides = [o for o in tiny(run) if not o.startswith(("data", "model", "process"))]
-    Trainer(compose([*overrides, "model.channels=8", "model.norm_groups=8", "trainer.steps=1",
-                     "trainer.ckpt_every=1"])).fit()
+    Trainer(compose([*overrides, "model.channels=8", "model.norm_groups=8", "model.num_classes=10",
+                     "trainer.cond_drop_prob=0.1", "trainer.steps=1", "trainer.ckpt_every=1"])).fit()
     return run / "checkpoints" / "last.pt"
 
 
-def test_the_png_folder_round_trips_to_to_uint8_and_a_rerun_fills_in_lost_pngs(digits_ckpt, tmp_path):
+def test_the_png_folder_round_trips_to_to_uint8_and_a_rerun_fills_in_lost_pngs_and_labels(digits_ckpt, tmp_path):
     from PIL import Image
 
     out, pngs = tmp_path / "out", tmp_path / "png"
     argv = ["--ckpt", str(digits_ckpt), "--out", str(out), "--sampler", "ddim", "--steps", "2", "--num", "5",
-            "--batch-size", "2", "--no-progress", "--png-dir", str(pngs)]
+            "--batch-size", "2", "--no-progress", "--png-dir", str(pngs), "--class", "0,2", "--guidance", "1"]
     assert sample_main(argv) == 0
     x = torch.from_numpy(samples(out))
+    assert np.load(out / "samples.npz")["labels"].tolist() == [0, 2, 0, 2, 0]  # merged from 3 shards
     assert sorted(p.name for p in pngs.iterdir()) == [f"00000{i}.png" for i in range(5)]
     read = np.stack([np.asarray(Image.open(pngs / f"{i:06d}.png")) for i in range(5)])
     assert read.dtype == np.uint8 and np.array_equal(read, to_uint8(x)[:, 0].numpy())
     assert info(out)["png_rounding"] == "edm" and (out / "grid.png").is_file()
     (pngs / "000003.png").unlink()
     assert sample_main(argv) == 0
-    assert info(out)["shards_reused"] == 1 and np.array_equal(np.asarray(Image.open(pngs / "000003.png")), read[3])
+    assert info(out)["shards_reused"] == 3 and np.array_equal(np.asarray(Image.open(pngs / "000003.png")), read[3])
 
 
 def test_png_dir_needs_images(toy_ckpt, tmp_path, capsys):

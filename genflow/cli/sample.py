@@ -187,11 +187,13 @@ def check_args(args) -> None:
         check_writable_folder(args.png_dir, "--png-dir")
 
 
-def rank_device(name: str, world: int) -> str:
-    """The device of this rank: auto, cuda and cpu through ``distributed.setup`` (cuda:LOCAL_RANK
-    under torchrun); one named GPU only on one process (every rank would share it)."""
-    if ":" in name and world > 1:
-        raise UsageError(f"--device {name} names one GPU, but {world} ranks would share it; under torchrun "
+def rank_device(name: str, dist) -> str:
+    """This rank's device: auto, cuda and cpu as ``distributed.setup`` picked it (cuda:LOCAL_RANK under
+    torchrun); a named GPU cuda:N itself, on one process only (every rank would share it)."""
+    if ":" not in name:
+        return str(dist.device)
+    if dist.world > 1:
+        raise UsageError(f"--device {name} names one GPU, but {dist.world} ranks would share it; under torchrun "
                          "use --device auto or cuda (each rank takes cuda:LOCAL_RANK)")
     return name
 
@@ -249,13 +251,19 @@ def prepare(args, device: str, main: bool) -> Job:
             "tf32": torch.device(device).type == "cuda" and not args.no_tf32,
             "classes": chosen, "guidance": guidance, "sampler_options": algo.settings(),
             "batch_size": args.batch_size, "device_type": torch.device(device).type}
-    # the key of every shard: what changes a sample's value (not --num, the world size or the device index)
-    key_of = {**{k: v for k, v in info.items() if k not in ("checkpoint", "step", "num")}, "shape": list(shape),
-              "padded_to": recipe.pad_to, "file_sha256": sha256_of(args.ckpt), "torch": torch.__version__}
-    key = hashlib.sha256(json.dumps(strict_json(key_of), sort_keys=True).encode()).hexdigest()[:32]
+    key = settings_key(args.ckpt, info, shape, recipe.pad_to)
     shard_size = args.shard_size or default_shard_size(args.num, args.batch_size)
     plan = Plan(args.out / "shards", args.num, shard_size, key, png_dir=args.png_dir)
     return Job(recipe, plan, {**info, "shard_size": shard_size, "settings_key": key}, chosen)
+
+
+def settings_key(path: Path, info: dict, shape: tuple, pad_to: int | None) -> str:
+    """The key every shard stores: a hash of what changes a sample's value (the file's bytes, every
+    setting in ``info`` but the paths and --num, the shape, the padding, torch's version); not the
+    world size or the device index."""
+    what = {**{k: v for k, v in info.items() if k not in ("checkpoint", "step", "num")}, "shape": list(shape),
+            "padded_to": pad_to, "file_sha256": sha256_of(path), "torch": torch.__version__}
+    return hashlib.sha256(json.dumps(strict_json(what), sort_keys=True).encode()).hexdigest()[:32]
 
 
 def write_outputs(args, job: Job, merged: Drawn, generated: Generated, world: int, wall: float) -> Path:
@@ -273,7 +281,8 @@ def write_outputs(args, job: Job, merged: Drawn, generated: Generated, world: in
         columns = len(chosen) if chosen and len(chosen) > 1 else max(1, int(math.sqrt(len(shown))))  # a class per column
         save_image((shown.clamp(-1, 1) + 1) / 2, picture, nrow=columns)
     else:
-        picture = render_points(x[:POINTS_SHOWN].reshape(min(len(x), POINTS_SHOWN), -1)[:, :2], args.out / "points.png")
+        shown = x[:POINTS_SHOWN]
+        picture = render_points(shown.reshape(len(shown), -1)[:, :2], args.out / "points.png")
     arrays = {"samples": x.numpy(), **({"labels": merged.labels.numpy()} if merged.labels is not None else {})}
     write_atomically(args.out / "samples.npz", lambda f: np.savez_compressed(f, **arrays))
     info = {**job.info, "nfe_per_sample": merged.nfe, "wall_s": round(wall, 3),
@@ -295,7 +304,7 @@ def sample_all(args, dist) -> Path | None:
     from genflow.generate import generate, merge
     from genflow.training import distributed
 
-    device = rank_device(args.device, dist.world) if ":" in args.device else str(dist.device)
+    device = rank_device(args.device, dist)
     start = time.perf_counter()
     job = distributed.agree(lambda: prepare(args, device, dist.main), dist.device)
     generated = generate(job.recipe, job.plan, rank=dist.rank, world=dist.world, device=dist.device)
