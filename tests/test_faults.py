@@ -303,7 +303,8 @@ def test_bad_input_and_faults_end_in_one_line(results, case):
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == case.code, (done.returncode, done.stderr)
     assert len(lines) == 1, done.stderr
-    prog = {TRAIN: "genflow-train", SAMPLE: "genflow-sample", EVAL: "genflow-eval", EXPORT: "genflow-export"}[case.module]
+    prog = {TRAIN: "genflow-train", SAMPLE: "genflow-sample", EVAL: "genflow-eval",
+            EXPORT: "genflow-export"}[case.module]
     assert lines[0].startswith(f"{prog}: error: "), lines[0]
     for text in case.says:
         assert text.format(**names) in lines[0], lines[0]

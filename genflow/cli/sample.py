@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ import torch
 from genflow.accel import PRECISIONS
 from genflow.cli import FailedRun, Parser, UsageError, check_device, check_seed, guarded
 from genflow.utils import check_writable_folder, sha256_of, write_atomically
+
+if TYPE_CHECKING:
+    from genflow.generate import Drawn, Generated, Plan, Recipe
 
 GRID_SAMPLES, POINTS_SHOWN = 64, 10_000  # grid.png shows the first 64 images; points.png the first 10,000 points
 
@@ -202,8 +206,8 @@ def rank_device(name: str, dist) -> str:
 class Job:
     """What every rank knows before drawing: the recipe, the shard plan, and what info.json records."""
 
-    recipe: "Recipe"
-    plan: "Plan"
+    recipe: Recipe
+    plan: Plan
     info: dict
     classes: list[int] | None
 
@@ -211,9 +215,9 @@ class Job:
 def prepare(args, device: str, main: bool) -> Job:
     """Load the checkpoint (or exported file), rebuild net and process, and settle every setting."""
     from genflow import samplers
-    from genflow.generate import Plan, Recipe, default_shard_size
     from genflow.cli import rebuild
     from genflow.export import check_weights, load_model_file
+    from genflow.generate import Plan, Recipe, default_shard_size
     from genflow.training.checkpoint import CheckpointError
 
     state = load_model_file(args.ckpt, map_location=device)
@@ -277,8 +281,8 @@ def write_outputs(args, job: Job, merged: Drawn, generated: Generated, world: in
         raise FailedRun(f"the shards hold {len(x)} samples, not --num {args.num}")
     if x.ndim == 4:
         picture, shown = args.out / "grid.png", x[:GRID_SAMPLES]
-        chosen = job.classes
-        columns = len(chosen) if chosen and len(chosen) > 1 else max(1, int(math.sqrt(len(shown))))  # a class per column
+        chosen = job.classes  # a class per column
+        columns = len(chosen) if chosen and len(chosen) > 1 else max(1, int(math.sqrt(len(shown))))
         save_image((shown.clamp(-1, 1) + 1) / 2, picture, nrow=columns)
     else:
         shown = x[:POINTS_SHOWN]
