@@ -183,6 +183,19 @@ def test_an_export_samples_exactly_as_its_checkpoint_without_unpickling(toy_ckpt
     assert info(tmp_path / "export")["step"] == 2
 
 
+def test_genflow_eval_takes_an_export_in_place_of_its_checkpoint(toy_ckpt, exported, capsys):
+    from genflow.cli.evaluate import main as eval_main
+
+    nll = ["nll", "--num", "8", "--method", "rk4", "--steps", "4", "--no-progress"]
+    results = []
+    for path in (toy_ckpt, exported):
+        assert eval_main([*nll, "--ckpt", str(path)]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+    assert results[0] == results[1]  # the same weights, the same probes: the same number
+    assert eval_main([*nll, "--ckpt", str(exported), "--no-ema"]) == 2
+    assert "holds only the EMA weights; drop --no-ema" in one_line(capsys)
+
+
 def rewrite(source: Path, target: Path, edit) -> Path:
     """``source``'s tensors and metadata, changed by ``edit(tensors, metadata)``, saved at ``target``."""
     from safetensors import safe_open

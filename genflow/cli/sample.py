@@ -216,12 +216,11 @@ def prepare(args, device: str, main: bool) -> Job:
     """Load the checkpoint (or exported file), rebuild net and process, and settle every setting."""
     from genflow import samplers
     from genflow.cli import rebuild
-    from genflow.export import check_weights, load_model_file
+    from genflow.export import load_model_file
     from genflow.generate import Plan, Recipe, default_shard_size
     from genflow.training.checkpoint import CheckpointError
 
     state = load_model_file(args.ckpt, map_location=device)
-    check_weights(state, args.ckpt, ema=not args.no_ema)
     process, net = rebuild(state, args.ckpt, ema=not args.no_ema, device=device)
     settings = sampler_settings(args, state["config"]["sampler"])
     options = {k: v for k, v in settings.items() if k not in ("name", "steps")}
