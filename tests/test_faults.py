@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY = ["data=toy2d", "data.size=512", "model=mlp", "model.hidden=32", "model.depth=1", "process=vpsde",
        "trainer.batch_size=32", "trainer.sample_every=0", "trainer.num_samples=4", "sampler.steps=4",
        "trainer.progress=false", "trainer.device=cpu", "trainer.log_every=1"]
-TRAIN, SAMPLE, EVAL = "genflow.train", "genflow.cli.sample", "genflow.cli.evaluate"
+TRAIN, SAMPLE, EVAL, EXPORT = "genflow.train", "genflow.cli.sample", "genflow.cli.evaluate", "genflow.cli.export"
 
 # The cases run as processes forked from one "zygote" process that has imported torch and genflow
 # once: each child sets sys.argv and runs the command's module as __main__ (what ``python -m``
@@ -186,6 +186,14 @@ CASES = [
          ("cannot read checkpoint {png} (truncated or not a torch file)",)),
     Case("weights that do not fit", SAMPLE, ("--ckpt", "{misfit}", "--out", "{out}", "--no-progress"), 1,
          ("its EMA weights do not fit its net", "size mismatch for")),
+    Case("random bytes as safetensors", SAMPLE, ("--ckpt", "{random_st}", "--out", "{out}"), 1,
+         ("cannot read {random_st} (truncated or not a safetensors file)",)),
+    Case("export to a .pt", EXPORT, ("--ckpt", "{ckpt}", "--out", "{out}/model.pt"), 2,
+         ("--out must end in .safetensors",)),
+    Case("export of random bytes", EXPORT, ("--ckpt", "{random}", "--out", "{file}.safetensors"), 1,
+         ("cannot read checkpoint {random}",)),
+    sample("shard-size 0", "--shard-size", "0", code=2, says=("--shard-size must be >= 1; got 0",)),
+    sample("png-dir on 2-D points", "--png-dir", "{file}-png", code=2, says=("--png-dir needs images",)),
     sample("eta=nan", "--eta", "nan", code=2, says=("eta",)),
     sample("eta=inf", "--eta", "inf", code=2, says=("eta",)),
     sample("pc snr=inf", "--sampler", "pc", "--snr", "inf", code=2, says=("snr",)),
@@ -226,6 +234,7 @@ def _paths(tmp: Path) -> dict[str, Path]:
     ckpt = good / "checkpoints" / "last.pt"
     (tmp / "file").write_bytes(b"a file, not a folder")
     (tmp / "random.pt").write_bytes(np.random.default_rng(0).bytes(4096))
+    (tmp / "random.safetensors").write_bytes(np.random.default_rng(2).bytes(4096))
     from PIL import Image
 
     images = tmp / "images"
@@ -241,6 +250,7 @@ def _paths(tmp: Path) -> dict[str, Path]:
     np.savez(tmp / "nan.npz", samples=samples.numpy())
     return {"good": good, "ckpt": ckpt, "file": tmp / "file", "random": tmp / "random.pt", "png": tmp / "png.pt",
             "images": images, "misfit": tmp / "misfit.pt", "nan": tmp / "nan.npz",
+            "random_st": tmp / "random.safetensors",
             "readonly": _read_only_folder(tmp / "readonly")}
 
 
@@ -299,7 +309,8 @@ def test_bad_input_and_faults_end_in_one_line(results, case):
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == case.code, (done.returncode, done.stderr)
     assert len(lines) == 1, done.stderr
-    prog = {TRAIN: "genflow-train", SAMPLE: "genflow-sample", EVAL: "genflow-eval"}[case.module]
+    prog = {TRAIN: "genflow-train", SAMPLE: "genflow-sample", EVAL: "genflow-eval",
+            EXPORT: "genflow-export"}[case.module]
     assert lines[0].startswith(f"{prog}: error: "), lines[0]
     for text in case.says:
         assert text.format(**names) in lines[0], lines[0]

@@ -74,8 +74,10 @@ def rebuild(state: dict, path, *, ema: bool = True, device: str = "cpu"):
     take, weights that do not fit) is a ``CheckpointError``: one line, exit 1, not a usage error.
     """
     from genflow import nets, processes
+    from genflow.export import check_weights
     from genflow.training.checkpoint import CheckpointError
 
+    check_weights(state, path, ema)  # an export holds one set of weights: ask for the other in one line
     cfg = state["config"]
     try:
         process, net = processes.build(cfg["process"]), nets.build(cfg["model"])

@@ -325,7 +325,7 @@ def finish(args, result: dict) -> str:
 
 def evaluate(argv: list[str] | None) -> str | None:
     """The JSON line on rank 0 (None on the other ranks)."""
-    from genflow.training.checkpoint import load
+    from genflow.export import load_model_file as load  # a checkpoint or a genflow-export .safetensors file
 
     args = parser().parse_args(argv)
     check_seed(args.seed)

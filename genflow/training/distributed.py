@@ -136,6 +136,27 @@ def agree_max(values: list[int], device: torch.device) -> list[int]:
     return out.tolist()
 
 
+class PeerFailed(RuntimeError):
+    """Another rank failed (it printed its own reason); this rank stops too."""
+
+
+def agree(step: Callable[[], object], device: torch.device):
+    """``step()`` on every rank, then one all-reduce of a failure flag: when any rank raised, every
+    rank raises (its own error, else ``PeerFailed`` naming the lowest failing rank), so none waits
+    in a later collective for a peer that gave up. ``step()``'s result on one process."""
+    try:
+        result, error = step(), None
+    except Exception as err:  # noqa: BLE001 (re-raised below, after the peers know)
+        result, error = None, err
+    world, rank = (dist.get_world_size(), dist.get_rank()) if active() else (1, 0)
+    lowest = agree_max([world - rank if error is not None else 0], device)[0]  # world - the lowest failing rank
+    if error is not None:
+        raise error
+    if lowest:
+        raise PeerFailed(f"rank {world - lowest} failed (its own line says why); rank {rank} stopped with it")
+    return result
+
+
 def gather_objects(obj) -> list:
     """Every rank's ``obj``, in rank order (pickled by torch.distributed; small objects only)."""
     if not active():
