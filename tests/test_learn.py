@@ -170,3 +170,31 @@ def test_a_bad_user_grid_is_refused_in_one_line(grid, message):
     with pytest.raises(ValueError, match=f"^sampler 'unipc': {message}") as err:
         run(lambda x, t: pytest.fail("no network call"), VPSDE(), sampler="unipc", shape=(2, 2), **grid)
     assert "\n" not in str(err.value)
+
+
+def test_learn_a_schedule_for_a_checkpoint_and_sample_with_it(tmp_path, capsys):
+    """genflow-learn-schedule writes a schedule file that genflow-sample --schedule-file runs; the
+    samples are those of the same grid given as --sigmas."""
+    from genflow.cli.learn import main as learn_main
+    from genflow.cli.sample import main as sample_main
+    from genflow.training import Trainer, compose
+
+    run_dir = tmp_path / "run"
+    Trainer(compose(["data=toy2d", "data.size=256", "model=mlp", "model.hidden=16", "model.depth=1", "process=ddpm",
+                     "trainer.batch_size=32", "trainer.steps=1", "trainer.ckpt_every=1", "trainer.sample_every=0",
+                     "trainer.num_samples=4", "trainer.progress=false", "trainer.device=cpu",
+                     f"run_dir={run_dir}"])).fit()
+    ckpt, path = str(run_dir / "checkpoints" / "last.pt"), tmp_path / "sched" / "lms-4.json"
+    assert learn_main(["--ckpt", ckpt, "--out", str(path), "--sampler", "lms", "--order", "3", "--nfe", "4",
+                       "--draws", "16", "--iterations", "20", "--teacher-steps", "20", "--no-progress"]) == 0
+    assert f"wrote {path} (lms, 4 steps, 4 NFE" in capsys.readouterr().out
+    schedule = load_schedule(path)
+    assert schedule.settings["order"] == 3 and schedule.objective["after"] <= schedule.objective["before"]
+    argv = ["--ckpt", ckpt, "--sampler", "lms", "--order", "3", "--steps", "4", "--num", "8", "--no-progress"]
+    assert sample_main([*argv, "--schedule-file", str(path), "--out", str(tmp_path / "a")]) == 0
+    assert sample_main([*argv, "--sigmas", ",".join(map(repr, schedule.sigmas)), "--out", str(tmp_path / "b")]) == 0
+    a, b = (np.load(tmp_path / d / "samples.npz")["samples"] for d in "ab")
+    assert np.array_equal(a, b) and json.loads((tmp_path / "a" / "info.json").read_text())["nfe_per_sample"] == 4
+    assert sample_main([*argv[:4], "--order", "4", *argv[6:], "--schedule-file", str(path),
+                        "--out", str(tmp_path / "c")]) == 2
+    assert "was learned with order=3; this sampler has order=4" in capsys.readouterr().err

@@ -52,7 +52,7 @@ def run(args) -> str:
         raise UsageError(f"--teacher-steps must be >= 1; got {args.teacher_steps}")
     if args.out.is_dir():
         raise UsageError(f"--out {args.out} is a folder; give a file name (e.g. schedule.json)")
-    check_writable_folder(args.out.parent, "--out")
+    check_writable_folder(args.out.parent, "the folder of --out")
     state = load(args.ckpt, map_location=args.device)
     process, net = rebuild(state, args.ckpt, ema=not args.no_ema, device=args.device)
     net.requires_grad_(False)
