@@ -198,3 +198,23 @@ def test_learn_a_schedule_for_a_checkpoint_and_sample_with_it(tmp_path, capsys):
     assert sample_main([*argv[:4], "--order", "4", *argv[6:], "--schedule-file", str(path),
                         "--out", str(tmp_path / "c")]) == 2
     assert "was learned with order=3; this sampler has order=4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("process_name", ["flow_matching", "vesde"])
+def test_learning_on_a_flow_and_ve_keeps_the_range_and_round_trips_heuns_infinite_setting(process_name, tmp_path):
+    """A flow's s(t_max) is infinite and VE's alpha is 1: the learned levels stay inside the log
+    range, lower the objective, and heun's s_tmax = inf survives the JSON file."""
+    from genflow.processes import PROCESSES as ALL
+    process = ALL[process_name]()
+    model = ring().model(process)
+    schedule = learn_schedule(model, process, sampler="heun", nfe=5, shape=(2,), draws=32, teacher=TEACHER,
+                              iterations=40, dtype=F64, progress=False)
+    top, bottom = log_range(process)
+    assert math.exp(top) > schedule.sigmas[0] and schedule.sigmas[-1] > math.exp(bottom)
+    assert schedule.objective["after"] < schedule.objective["before"]
+    back = load_schedule(schedule.save(tmp_path / "h.json"))
+    assert back.settings["s_tmax"] == math.inf and back == schedule
+    x = process.prior_std() * torch.randn(8, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    a = run(model, process, sampler="heun", steps=schedule.steps, noise=x, schedule_file=str(tmp_path / "h.json"))
+    b = run(model, process, sampler="heun", steps=schedule.steps, noise=x, sigmas=schedule.sigmas)
+    assert torch.equal(a.samples, b.samples) and a.nfe == schedule.nfe <= 5

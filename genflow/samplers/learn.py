@@ -82,13 +82,15 @@ def mean_squared(a: Tensor, b: Tensor) -> float:
 
 
 def steps_for(sampler: str, nfe: int, process: GaussianPath, settings: dict, shape: tuple) -> tuple[int, int]:
-    """The most steps whose run costs at most ``nfe`` evaluations, and its NFE (a run with a
-    network that costs nothing counts them)."""
+    """The most steps whose run on a given grid costs at most ``nfe`` evaluations, and its NFE (a
+    run with a network that costs nothing counts them; a given grid jumps from t_max to its first
+    level, which for ``heun`` is one evaluation less than a trapezoid from t_max)."""
     from genflow.samplers import run
 
     best = None
     for steps in range(2, nfe + 2):
-        out = run(lambda x, t, **c: torch.zeros_like(x), process, sampler=sampler, steps=steps,
+        levels = noise_grid(process, steps, to_data=settings.get("denoise", True)).sigmas[1:]
+        out = run(lambda x, t, **c: torch.zeros_like(x), process, sampler=sampler, steps=steps, sigmas=levels,
                   noise=torch.zeros(1, *shape, dtype=torch.float64), **settings)
         if out.nfe > nfe:
             break
@@ -141,8 +143,14 @@ def learn_schedule(model: Callable[..., Tensor], process: GaussianPath, *, sampl
                  **{k: v for k, v in teacher.items() if k not in ("sampler", "steps")}).samples
 
     def objective(levels: list[float]) -> float:
-        out = run(model, process, sampler=sampler, steps=steps, sigmas=levels, **kw, **options).samples
-        return mean_squared(out, target)
+        """The distance to the teacher; inf where the sampler refuses the grid (levels too close to
+        tell apart as times) or its samples are not finite: a wall for the search, not an answer."""
+        try:
+            out = run(model, process, sampler=sampler, steps=steps, sigmas=levels, **kw, **options).samples
+        except (ValueError, NonFiniteSamples):
+            return math.inf
+        value = mean_squared(out, target)
+        return value if math.isfinite(value) else math.inf
 
     span = log_range(process)
     starts = {name: noise_grid(process, steps, name, to_data=options.get("denoise", True)).sigmas[1:]
@@ -169,16 +177,12 @@ def _search(objective: Callable[[list[float]], float], x0: np.ndarray, span: tup
 
     def f(logits: np.ndarray) -> float:
         levels = levels_of(np.asarray(logits), span)
-        try:
-            value = objective(levels)
-        except (ValueError, NonFiniteSamples):  # levels too close for the sampler (equal times): a wall, not an answer
-            value = math.inf
-        value = value if math.isfinite(value) else 1e30
+        value = objective(levels)
         if value < best[1]:
             best[:] = [levels, value]
         bar.update(1)
         bar.set_postfix(objective=f"{best[1]:.3g}")
-        return value
+        return value if math.isfinite(value) else 1e30
 
     if iterations > 0:
         minimize(f, x0, method="Powell", bounds=[(-LOGIT_BOUND, LOGIT_BOUND)] * len(x0),

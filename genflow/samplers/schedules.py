@@ -36,6 +36,20 @@ def fingerprint(process: GaussianPath) -> dict[str, Any]:
             "log_snr": [round(v, 10) for v in process.log_snr(at).tolist()]}
 
 
+def plain(value: Any) -> Any:
+    """``value`` as JSON holds it: tuples as lists, non-finite floats as "inf", "-inf", "nan"."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _number(value: Any) -> Any:
+    """The inverse of ``plain`` for one setting: "inf", "-inf" and "nan" back to floats."""
+    return float(value) if value in ("inf", "-inf", "nan") else value
+
+
 def _same_process(a: dict, b: dict) -> bool:
     return (a["t_min"] == b["t_min"] and a["t_max"] == b["t_max"] and len(a["log_snr"]) == len(b["log_snr"])
             and all(math.isclose(x, y, rel_tol=1e-7, abs_tol=1e-7) for x, y in zip(a["log_snr"], b["log_snr"])))
@@ -72,7 +86,7 @@ class LearnedSchedule:
 
     def save(self, path: str | Path) -> Path:
         """Write the schedule as JSON, atomically (a crash never leaves half a file)."""
-        text = json.dumps({"format": FORMAT, "version": VERSION, **dataclasses.asdict(self)}, indent=2,
+        text = json.dumps(plain({"format": FORMAT, "version": VERSION, **dataclasses.asdict(self)}), indent=2,
                           allow_nan=False) + "\n"
         write_atomically(path, lambda f: f.write(text.encode()))
         return Path(path)
@@ -88,7 +102,7 @@ class LearnedSchedule:
             raise ValueError(f"{where} was learned for {self.steps} steps ({self.nfe} NFE); pass steps="
                              f"{self.steps}, not {settings.get('steps')}")
         for key, value in self.settings.items():
-            if key in settings and key not in GRID_OPTIONS and settings[key] != value:
+            if key in settings and key not in GRID_OPTIONS and plain(settings[key]) != plain(value):
                 raise ValueError(f"{where} was learned with {key}={value!r}; this sampler has "
                                  f"{key}={settings[key]!r}")
 
@@ -111,10 +125,9 @@ def load_schedule(path: str | Path) -> LearnedSchedule:
     missing = [k for k in fields if k not in data]
     if missing:
         raise ValueError(f"schedule file {path} lacks {', '.join(missing)}")
-    learned = LearnedSchedule(**{k: data[k] for k in fields})
-    levels = learned.sigmas
+    levels, settings = data["sigmas"], data["settings"]
     if not (isinstance(levels, list) and levels and all(isinstance(v, (int, float)) and v > 0 for v in levels)
-            and isinstance(learned.steps, int) and isinstance(learned.settings, dict)):
+            and isinstance(data["steps"], int) and isinstance(settings, dict)):
         raise ValueError(f"schedule file {path} is malformed: sigmas must be a list of numbers > 0, steps an "
                          f"integer, settings a mapping")
-    return learned
+    return LearnedSchedule(**{**{k: data[k] for k in fields}, "settings": {k: _number(v) for k, v in settings.items()}})
