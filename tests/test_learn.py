@@ -56,6 +56,16 @@ def test_the_softmax_gaps_make_a_strictly_decreasing_grid_inside_the_range_and_i
         assert math.exp(span[1]) < s[-1] and s[0] < math.exp(span[0])
     levels = [50.0, 3.0, 0.4, 0.01]
     assert np.allclose(levels_of(logits_of(levels, span), span), levels, rtol=1e-12)
+    fixed = (span[0], math.log(0.01))  # the last level kept at the bottom of the span
+    assert np.allclose(levels_of(logits_of(levels, fixed, True), fixed, True), levels, rtol=1e-12)
+    assert levels_of(rng.uniform(-10, 10, size=4), fixed, True)[-1] == pytest.approx(0.01, rel=1e-15)
+
+
+def test_with_fixed_ends_the_last_level_is_the_fixed_schedules():
+    process, _, schedule = learned("vpsde", "dpmpp_2m", 5, iterations=30, learn_ends=False)
+    assert schedule.sigmas[-1] == pytest.approx(0.002, rel=1e-12) and schedule.objective["ends"] == "fixed"
+    assert all(a > b for a, b in zip(schedule.sigmas, schedule.sigmas[1:]))
+    assert schedule.objective["after"] < schedule.objective["before"]
 
 
 @pytest.mark.parametrize("process_name,sampler,nfe", [("ddpm", "dpmpp_2m", 5), ("vpsde", "unipc", 5),

@@ -58,19 +58,20 @@ def log_range(process: GaussianPath) -> tuple[float, float]:
     return math.log(top), math.log(bottom)
 
 
-def levels_of(logits: np.ndarray, span: tuple[float, float]) -> list[float]:
+def levels_of(logits: np.ndarray, span: tuple[float, float], keep_last: bool = False) -> list[float]:
     """K + 1 free numbers -> K levels s strictly decreasing inside (bottom, top): the softmax splits
-    the log range into K + 1 positive gaps, the levels sit between them."""
+    the log range into K + 1 positive gaps, the levels sit between them; with ``keep_last`` the
+    bottom itself follows as the last level."""
     top, bottom = span
     gaps = np.exp(logits - logits.max())
     cuts = np.cumsum(gaps / gaps.sum())[:-1]
-    return np.exp(top - cuts * (top - bottom)).tolist()
+    return np.exp(top - cuts * (top - bottom)).tolist() + [math.exp(bottom)] * keep_last
 
 
-def logits_of(levels: list[float], span: tuple[float, float]) -> np.ndarray:
+def logits_of(levels: list[float], span: tuple[float, float], keep_last: bool = False) -> np.ndarray:
     """The inverse of ``levels_of`` (gaps kept above 1e-4 of the range, inside the search's box)."""
     top, bottom = span
-    edges = np.array([top, *np.log(levels), bottom])
+    edges = np.array([top, *np.log(levels[:len(levels) - keep_last]), bottom])
     gaps = np.maximum(-np.diff(edges) / (top - bottom), 1e-4)
     logits = np.log(gaps / gaps.sum())
     return np.clip(logits - logits.mean(), -LOGIT_BOUND, LOGIT_BOUND)
@@ -116,7 +117,7 @@ def _check(sampler: str, nfe: int, draws: int, iterations: int, options: dict) -
 
 def learn_schedule(model: Callable[..., Tensor], process: GaussianPath, *, sampler: str = "dpmpp_2m", nfe: int = 5,
                    shape: tuple[int, ...], draws: int = 256, teacher: dict | None = None, seed: int = 0,
-                   iterations: int = 300, options: dict | None = None, cond: dict | None = None,
+                   iterations: int = 300, learn_ends: bool = True, options: dict | None = None, cond: dict | None = None,
                    device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                    progress: bool = True) -> LearnedSchedule:
     """Fit the grid of ``sampler`` (with ``options``) at ``nfe`` evaluations to ``teacher``'s samples
@@ -126,8 +127,10 @@ def learn_schedule(model: Callable[..., Tensor], process: GaussianPath, *, sampl
     search starts from the best of the fixed schedules (logsnr, karras, time) at the same steps and
     runs Powell's method over K + 1 softmax logits for the K levels after t_max (``levels_of``), at
     most ``iterations`` objective evaluations of one student run each; the grid is always strictly
-    decreasing inside the path's range. Returns the schedule with the objective at the start and
-    after (``LearnedSchedule``; ``.save(path)`` writes it).
+    decreasing inside the path's range. ``learn_ends`` False keeps the last level at the fixed
+    schedules' (s = max(s(t_min), 0.002), as LD3 keeps its ends): on the mixtures the learned one
+    does better, by the objective and by nll_gap and sliced W2. Returns the schedule with the
+    objective at the start and after (``LearnedSchedule``; ``.save(path)`` writes it).
     """
     from genflow.samplers import make, run
 
@@ -152,12 +155,13 @@ def learn_schedule(model: Callable[..., Tensor], process: GaussianPath, *, sampl
         value = mean_squared(out, target)
         return value if math.isfinite(value) else math.inf
 
-    span = log_range(process)
     starts = {name: noise_grid(process, steps, name, to_data=options.get("denoise", True)).sigmas[1:]
               for name in SCHEDULES}
+    span = log_range(process) if learn_ends else (log_range(process)[0], math.log(starts["logsnr"][-1]))
     scores = {name: objective(levels) for name, levels in starts.items()}
     start = min(scores, key=scores.get)
-    best = _search(objective, logits_of(starts[start], span), span, iterations, progress, scores[start])
+    best = _search(objective, logits_of(starts[start], span, not learn_ends), span, not learn_ends, iterations,
+                   progress, scores[start])
     levels, after = (best if best[1] < scores[start] else (starts[start], scores[start]))
     grid = given_grid(process, steps, sigmas=levels, to_data=options.get("denoise", True))
     settings = {k: v for k, v in make(sampler, steps, **options).settings().items()
@@ -165,18 +169,19 @@ def learn_schedule(model: Callable[..., Tensor], process: GaussianPath, *, sampl
     return LearnedSchedule(
         process=fingerprint(process), sampler=sampler, settings=settings, steps=steps, nfe=used,
         sigmas=list(levels), times=grid.times, teacher=teacher, draws=draws, seed=seed, iterations=iterations,
-        objective={"name": "mean squared distance to the teacher", "start": start, "before": scores[start],
+        objective={"name": "mean squared distance to the teacher", "ends": "learned" if learn_ends else "fixed",
+                   "start": start, "before": scores[start],
                    "after": after, "fixed": scores})
 
 
-def _search(objective: Callable[[list[float]], float], x0: np.ndarray, span: tuple[float, float], iterations: int,
-            progress: bool, start: float) -> tuple[list[float], float]:
+def _search(objective: Callable[[list[float]], float], x0: np.ndarray, span: tuple[float, float], keep_last: bool,
+            iterations: int, progress: bool, start: float) -> tuple[list[float], float]:
     """Powell's method on the logits within the box; the best levels seen and their objective."""
-    best = [list(levels_of(x0, span)), start]
+    best = [levels_of(x0, span, keep_last), start]
     bar = tqdm(total=iterations, desc="learn_schedule", leave=False, disable=not progress)
 
     def f(logits: np.ndarray) -> float:
-        levels = levels_of(np.asarray(logits), span)
+        levels = levels_of(np.asarray(logits), span, keep_last)
         value = objective(levels)
         if value < best[1]:
             best[:] = [levels, value]
