@@ -181,7 +181,7 @@ def _search(objective: Callable[[list[float]], float], x0: np.ndarray, span: tup
     bar = tqdm(total=iterations, desc="learn_schedule", leave=False, disable=not progress)
 
     def f(logits: np.ndarray) -> float:
-        levels = levels_of(np.asarray(logits), span, keep_last)
+        levels = levels_of(np.clip(logits, -LOGIT_BOUND, LOGIT_BOUND), span, keep_last)
         value = objective(levels)
         if value < best[1]:
             best[:] = [levels, value]
@@ -190,8 +190,12 @@ def _search(objective: Callable[[list[float]], float], x0: np.ndarray, span: tup
         return value if math.isfinite(value) else 1e30
 
     if iterations > 0:
-        minimize(f, x0, method="Powell", bounds=[(-LOGIT_BOUND, LOGIT_BOUND)] * len(x0),
-                 options={"maxfev": iterations, "xtol": 1e-3, "ftol": 1e-6})
+        # start along e_k - e_{k+1}, each moving one level between its neighbours (a plain axis
+        # moves them all, through the softmax's normalization), and e_K (the last gap)
+        moves = np.eye(len(x0)) - np.eye(len(x0), k=1) * (np.arange(len(x0)) < len(x0) - 1)[:, None]
+        # no bounds: scipy's bounded line search golden-sections the whole box and misses the
+        # narrow valleys; the box is kept by clipping in f (flat outside)
+        minimize(f, x0, method="Powell", options={"maxfev": iterations, "xtol": 1e-3, "ftol": 1e-6, "direc": moves})
     bar.close()
     return best[0], best[1]
 
