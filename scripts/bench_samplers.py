@@ -17,7 +17,13 @@ alternate and the best of each is kept, but a shared CPU still moves them by a f
 last column is steadier: the sampler's own time per step, measured with a model that costs
 nothing, over the forward's time.
 
+Part 3 — learned grids (``--learned``): for the best few-step samplers at 5 and 10 NFE, a grid
+learned by ``genflow.samplers.learn_schedule`` on draws of one seed, against the fixed schedules at
+the same steps, on the held-out eval seeds; ``dist`` is the mean squared distance to the teacher's
+samples (dpmpp_2m, 200 steps) from the same prior draws, the objective the grid was fitted to.
+
     python scripts/bench_samplers.py            # full table (a few minutes on 2 cores)
+    python scripts/bench_samplers.py --learned  # the learned-schedule table only
     python scripts/bench_samplers.py --quick    # fewer rows and seeds
     python scripts/bench_samplers.py --few-steps --n 2000 --seeds 3   # 5-20 NFE settings (issue 15)
 """
@@ -135,29 +141,79 @@ def quality_table(n: int, seeds: int, rows) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for tname, make_target in TARGETS.items():
         target = make_target()
-        big = target.sample(200_000, generator=torch.Generator().manual_seed(10**6))
-        entropy = -target.log_prob(big).mean().item()
-        true_sets = [target.sample(n, generator=torch.Generator().manual_seed(1000 + s)) for s in range(2 * seeds)]
-        g = torch.Generator().manual_seed(7)
-        floor = [sliced_wasserstein(true_sets[2 * s], true_sets[2 * s + 1], generator=g) for s in range(seeds)]
+        entropy, true_sets, floor, g = truth(target, n, seeds)
         for pname, make_process in PROCESSES.items():
             process = make_process()
             model = target.model(process)
             for sampler, steps, options in rows:
                 if sampler == "ddpm" and not process.discrete:
                     continue  # ancestral DDPM needs discrete steps
-                gaps, sws, walls, nfe = [], [], [], 0
-                for s in range(seeds):
-                    start = time.perf_counter()
-                    out = run(model, process, sampler=sampler, steps=steps, shape=(n, target.dim),
-                              generator=torch.Generator().manual_seed(s), dtype=F64, **options)
-                    walls.append(time.perf_counter() - start)
-                    nfe = out.nfe
-                    gaps.append(-target.log_prob(out.samples).mean().item() - entropy)
-                    sws.append(sliced_wasserstein(out.samples, true_sets[2 * s], generator=g))
+                m = measure(model, process, target, entropy, true_sets, g, n, seeds, sampler, steps, options)
                 label = sampler + "".join(f" {k}={v}" for k, v in options.items() if k not in ("rtol", "atol"))
-                print(f"| {tname} | {pname} | {label} | {steps} | {nfe} | {spread(gaps)} | {spread(sws)} "
-                      f"| {spread(floor)} | {statistics.fmean(walls):.2f} |", flush=True)
+                print(f"| {tname} | {pname} | {label} | {steps} | {m['nfe']} | {spread(m['gaps'])} | "
+                      f"{spread(m['sws'])} | {spread(floor)} | {statistics.fmean(m['walls']):.2f} |", flush=True)
+
+
+def measure(model, process, target, entropy, true_sets, g, n, seeds, sampler, steps, options, teacher=None) -> dict:
+    """nll_gaps, sws and walls over the seeds (seed s: prior draws and true set 2s); with
+    ``teacher`` (its samples per seed) also the mean squared distance to them."""
+    found = {"gaps": [], "sws": [], "walls": [], "dists": [], "nfe": 0}
+    for s in range(seeds):
+        start = time.perf_counter()
+        out = run(model, process, sampler=sampler, steps=steps, shape=(n, target.dim),
+                  generator=torch.Generator().manual_seed(s), dtype=F64, **options)
+        found["walls"].append(time.perf_counter() - start)
+        found["nfe"] = out.nfe
+        found["gaps"].append(-target.log_prob(out.samples).mean().item() - entropy)
+        found["sws"].append(sliced_wasserstein(out.samples, true_sets[2 * s], generator=g))
+        if teacher is not None:
+            found["dists"].append(float(((out.samples - teacher[s]) ** 2).mean()))
+    return found
+
+
+def truth(target, n: int, seeds: int):
+    """A target's entropy, true sets (two per seed), sliced-W2 floors and the SW generator."""
+    big = target.sample(200_000, generator=torch.Generator().manual_seed(10**6))
+    entropy = -target.log_prob(big).mean().item()
+    true_sets = [target.sample(n, generator=torch.Generator().manual_seed(1000 + s)) for s in range(2 * seeds)]
+    g = torch.Generator().manual_seed(7)
+    floor = [sliced_wasserstein(true_sets[2 * s], true_sets[2 * s + 1], generator=g) for s in range(seeds)]
+    return entropy, true_sets, floor, g
+
+
+# Learned grids (samplers/learn.py): learned on one seed's draws, rows on the held-out eval seeds.
+LEARNED_SAMPLERS, LEARNED_NFE, LEARN_SEED = ("dpmpp_2m", "ipndm", "unipc"), (5, 10), 10_000
+
+
+def learned_table(n: int, seeds: int, draws: int, iterations: int) -> None:
+    from genflow.samplers import SCHEDULES, learn_schedule
+    from genflow.samplers.learn import DEFAULT_TEACHER
+
+    print(f"\n## Learned schedules against the fixed ones: learned on {draws} draws (seed {LEARN_SEED}, "
+          f"{iterations} evaluations at most), rows on n={n} held-out samples, {seeds} seeds, float64\n")
+    print("| target | process | sampler | NFE | schedule | nll_gap (nats) | sw | floor | dist to teacher | learn (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for tname, make_target in TARGETS.items():
+        target = make_target()
+        entropy, true_sets, floor, g = truth(target, n, seeds)
+        for pname, make_process in PROCESSES.items():
+            process = make_process()
+            model = target.model(process)
+            teacher = [run(model, process, sampler=DEFAULT_TEACHER["sampler"], steps=DEFAULT_TEACHER["steps"],
+                           shape=(n, target.dim), generator=torch.Generator().manual_seed(s), dtype=F64).samples
+                       for s in range(seeds)]
+            for sampler, nfe in [(a, b) for b in LEARNED_NFE for a in LEARNED_SAMPLERS]:
+                start = time.perf_counter()
+                learned = learn_schedule(model, process, sampler=sampler, nfe=nfe, shape=(target.dim,), draws=draws,
+                                         seed=LEARN_SEED, iterations=iterations, dtype=F64, progress=False)
+                took = time.perf_counter() - start
+                for name in (*SCHEDULES, "learned"):
+                    options = {"sigmas": learned.sigmas} if name == "learned" else {"schedule": name}
+                    m = measure(model, process, target, entropy, true_sets, g, n, seeds, sampler, learned.steps,
+                                options, teacher)
+                    print(f"| {tname} | {pname} | {sampler} | {m['nfe']} | {name} | {spread(m['gaps'])} | "
+                          f"{spread(m['sws'])} | {spread(floor)} | {spread(m['dists'])} | "
+                          f"{took if name == 'learned' else 0:.1f} |", flush=True)
 
 
 def overhead_table(repeats: int) -> None:
@@ -214,9 +270,16 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=None, metavar="SAMPLER",
                         help="quality rows of these samplers only (e.g. --only dpmpp_2m heun)")
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats for the overhead table")
+    parser.add_argument("--learned", action="store_true",
+                        help="only the learned-schedule table (learned grids against logsnr, karras, time)")
+    parser.add_argument("--draws", type=int, default=256, help="draws a learned grid is fitted on")
+    parser.add_argument("--iterations", type=int, default=300, help="objective evaluations per learned grid")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"genflow bench_samplers — torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    if args.learned:
+        learned_table(args.n, args.seeds, args.draws, args.iterations)
+        return
     if not args.skip_quality:
         rows = FEW_STEP_ROWS if args.few_steps else QUICK_ROWS if args.quick else ROWS
         rows = [r for r in rows if args.only is None or r[0] in args.only]

@@ -33,6 +33,7 @@ TOY = ["data=toy2d", "data.size=512", "model=mlp", "model.hidden=32", "model.dep
        "trainer.batch_size=32", "trainer.sample_every=0", "trainer.num_samples=4", "sampler.steps=4",
        "trainer.progress=false", "trainer.device=cpu", "trainer.log_every=1"]
 TRAIN, SAMPLE, EVAL, EXPORT = "genflow.train", "genflow.cli.sample", "genflow.cli.evaluate", "genflow.cli.export"
+LEARN = "genflow.cli.learn"
 
 # The cases run as processes forked from one "zygote" process that has imported torch and genflow
 # once: each child sets sys.argv and runs the command's module as __main__ (what ``python -m``
@@ -148,6 +149,11 @@ def evaluate(name, command, *args, code, says, xfail=None) -> Case:
     return Case(name, EVAL, (command, "--ckpt", "{ckpt}", *extra, *args), code, says, xfail=xfail)
 
 
+def learn(name, *args, code, says) -> Case:
+    return Case(name, LEARN, ("--ckpt", "{ckpt}", "--no-progress", "--iterations", "2", "--out", "{out}/s.json",
+                              *args), code, says)
+
+
 NO_CUDA = not torch.cuda.is_available()
 CASES = [
     # genflow-train: non-finite or out-of-range options, bad run folders, bad data, faults mid-run
@@ -198,6 +204,19 @@ CASES = [
     sample("eta=inf", "--eta", "inf", code=2, says=("eta",)),
     sample("pc snr=inf", "--sampler", "pc", "--snr", "inf", code=2, says=("snr",)),
     sample("ode rtol=nan", "--sampler", "ode", "--rtol", "nan", code=2, says=("rtol",)),
+    sample("schedule file missing", "--sampler", "lms", "--steps", "4", "--schedule-file", "{fresh}/none.json",
+           code=2, says=("sampler 'lms': schedule file {fresh}/none.json does not exist",)),
+    sample("schedule file not JSON", "--sampler", "lms", "--steps", "4", "--schedule-file", "{file}", code=2,
+           says=("sampler 'lms': schedule file {file} is not JSON",)),
+    sample("schedule learned, no file", "--sampler", "unipc", "--schedule", "learned", code=2,
+           says=("schedule 'learned' needs schedule_file=PATH",)),
+    # genflow-learn-schedule
+    learn("learn for ddim", "--sampler", "ddim", code=2, says=("learn_schedule takes a sampler with a given grid",)),
+    learn("learn nfe=1", "--nfe", "1", code=2, says=("learn_schedule: nfe must be an integer >= 2; got 1",)),
+    learn("learn with sigmas", "--sigmas", "1,0.1", code=2, says=("drop the grid option(s) sigmas",)),
+    learn("learn teacher bogus", "--teacher", "bogus", code=2, says=("unknown sampler 'bogus'",)),
+    Case("learn out under a file", LEARN, ("--ckpt", "{ckpt}", "--out", "{file}/s.json"), 1,
+         ("the folder of --out {file} is a file; give a folder",)),
     # genflow-eval
     evaluate("nll device cpu:7", "nll", "--device", "cpu:7", code=2, says=("--device must be cpu or cuda[:N]",)),
     evaluate("sw seed=-1", "sw", "--samples", "{nan}", "--seed", "-1", code=2, says=("--seed must be in [0, 2^63)",)),
@@ -310,7 +329,7 @@ def test_bad_input_and_faults_end_in_one_line(results, case):
     assert done.returncode == case.code, (done.returncode, done.stderr)
     assert len(lines) == 1, done.stderr
     prog = {TRAIN: "genflow-train", SAMPLE: "genflow-sample", EVAL: "genflow-eval",
-            EXPORT: "genflow-export"}[case.module]
+            EXPORT: "genflow-export", LEARN: "genflow-learn-schedule"}[case.module]
     assert lines[0].startswith(f"{prog}: error: "), lines[0]
     for text in case.says:
         assert text.format(**names) in lines[0], lines[0]

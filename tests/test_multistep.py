@@ -169,7 +169,7 @@ def test_nfe_is_honest_and_bad_options_are_one_line(sampler):
     for order in (0, 5, 2.5):
         with pytest.raises(ValueError, match=rf"^sampler '{sampler}': order must be an integer >= 1 and <= 4; got {order}$"):
             run(model, process, sampler=sampler, steps=4, shape=(2, 2), order=order)
-    with pytest.raises(ValueError, match="schedule must be one of logsnr, karras, time; got 'cosine'$"):
+    with pytest.raises(ValueError, match="schedule must be one of logsnr, karras, time, learned; got 'cosine'$"):
         run(model, process, sampler=sampler, steps=4, shape=(2, 2), schedule="cosine")
 
 

@@ -27,6 +27,8 @@ from genflow.samplers.sde import EulerMaruyama, PredictorCorrector
 from genflow.samplers.singlestep import DPMSolver
 from genflow.samplers.unipc import UniPC
 from genflow.samplers.solvers import SCHEDULES, DPMSolverPP2M, DPMSolverPP3M, Heun, NoiseGrid, noise_grid
+from genflow.samplers.schedules import LearnedSchedule, load_schedule
+from genflow.samplers.learn import learn_schedule
 
 #: Every sampler, by name: a ``Sampler`` subclass (samplers/base.py) whose ``name`` is its key.
 SAMPLERS: dict[str, type[Sampler]] = {
@@ -144,7 +146,7 @@ def encode(model, process: GaussianPath, x0: Tensor, *, sampler: str = "ddim", s
 
 __all__ = [
     "DDIM", "ODE", "SAMPLERS", "SCHEDULES", "CUDAGraphModel", "DDPMAncestral", "DPMSolver", "DPMSolverPP2M", "DPMSolverPP3M",
-    "EulerMaruyama", "Heun", "IPNDM", "LMS", "NoiseGrid", "NoiseSource", "NonFiniteSamples", "PredictorCorrector",
-    "SampleResult",
+    "EulerMaruyama", "Heun", "IPNDM", "LMS", "LearnedSchedule", "NoiseGrid", "NoiseSource", "NonFiniteSamples",
+    "PredictorCorrector", "SampleResult", "learn_schedule", "load_schedule",
     "Sampler", "UniPC", "allowed", "check_graphable", "encode", "make", "noise_grid", "option", "run", "sample", "time_grid",
 ]

@@ -59,6 +59,8 @@ def allowed(spec: dataclasses.Field) -> str:
         text = "true or false"
     elif m["choices"] is not None:
         text = f"one of {', '.join(map(str, m['choices']))}"
+    elif m["kind"] is str:
+        text = "a string"
     else:
         noun = "an integer" if m["kind"] is int else ("a number" if m["infinite"] else "a finite number")
         text = " ".join([noun, _bounds(m)]).strip() + (" (inf allowed)" if m["infinite"] else "")

@@ -24,12 +24,16 @@ from torch import Tensor
 from genflow.processes.base import GaussianPath
 from genflow.samplers.base import Floats, Sampler, option
 from genflow.samplers.common import CountingModel, NoiseSource, StepTimes, check_steps, full_time, to_data
+from genflow.samplers.schedules import load_schedule
 from genflow.utils import check_choice
 
 #: ``logsnr``: uniform in log-SNR (DPM-Solver's choice); ``karras``: EDM eq. 5 with ``rho``;
 #: ``time``: uniform in the process's own time.
 SCHEDULES = ("logsnr", "karras", "time")
-SCHEDULE_DOC = "noise levels: logsnr (uniform in log-SNR), karras (EDM's rho schedule) or time (uniform in time)"
+#: The schedule option also takes ``learned``: the grid of ``schedule_file`` (samplers/schedules.py).
+GRID_SCHEDULES = (*SCHEDULES, "learned")
+SCHEDULE_DOC = ("noise levels: logsnr (uniform in log-SNR), karras (EDM's rho schedule), time (uniform in time) "
+                "or learned (the schedule file's)")
 #: EDM's noise range (for data in [-1, 1]), clipped to the path's own.
 DEFAULT_SIGMA_MIN, DEFAULT_SIGMA_MAX = 0.002, 80.0
 
@@ -151,7 +155,7 @@ def given_grid(process: GaussianPath, steps: int, *, sigmas: list[float] | None 
 @dataclass(frozen=True)
 class _GridOptions(Sampler):
     steps: int = option(20, "sampler steps", min=1)
-    schedule: str = option("logsnr", SCHEDULE_DOC, choices=SCHEDULES)
+    schedule: str = option("logsnr", SCHEDULE_DOC, choices=GRID_SCHEDULES)
     rho: float = option(7.0, "the karras schedule's rho (EDM: 7)", above=0)
     sigma_min: float | None = option(None, "lowest noise level sigma/alpha of the grid (default max(path's, "
                                      "0.002))", kind=float, above=0, optional=True)
@@ -163,15 +167,31 @@ class _GridOptions(Sampler):
                                   optional=True)
     times: tuple | None = option(None, "a given grid: decreasing process times (as sigmas)", kind=Floats,
                                  optional=True)
+    schedule_file: str | None = option(None, "a learned grid: a JSON file from genflow-learn-schedule (replaces "
+                                       "the schedule)", kind=str, optional=True)
 
     def grid(self, process: GaussianPath) -> NoiseGrid:
+        if self.schedule_file is not None or self.schedule == "learned":
+            return self.learned_grid(process)
         if self.sigmas is not None or self.times is not None:
             return given_grid(process, self.steps, sigmas=self.sigmas, times=self.times, to_data=self.denoise)
         return noise_grid(process, self.steps, self.schedule, rho=self.rho, sigma_min=self.sigma_min,
                           sigma_max=self.sigma_max, to_data=self.denoise)
 
-    def check(self, process: GaussianPath) -> None:
+    def learned_grid(self, process: GaussianPath) -> NoiseGrid:
+        """The grid of ``schedule_file``, refused unless it was learned for this process, sampler,
+        steps and settings (samplers/schedules.py)."""
+        if self.schedule_file is None:
+            raise ValueError("schedule 'learned' needs schedule_file=PATH (a JSON file from genflow-learn-schedule)")
         if self.sigmas is not None or self.times is not None:
+            raise ValueError("give one of schedule_file, sigmas or times, not several")
+        learned = load_schedule(self.schedule_file)
+        learned.check_fits(process, self.name, self.settings(), f"schedule file {self.schedule_file}")
+        return given_grid(process, self.steps, sigmas=learned.sigmas, to_data=self.denoise)
+
+    def check(self, process: GaussianPath) -> None:
+        given = self.sigmas is not None or self.times is not None or self.schedule_file is not None
+        if given or self.schedule == "learned":
             if self.sigma_min is not None or self.sigma_max is not None:
                 raise ValueError(f"sampler {self.name!r}: a given grid (sigmas or times) sets its own ends; "
                                  f"leave sigma_min and sigma_max unset")
@@ -296,7 +316,7 @@ class Heun(_GridOptions):
 
     name: ClassVar[str] = "heun"
     steps: int = option(18, "sampler steps", min=1)
-    schedule: str = option("karras", SCHEDULE_DOC, choices=SCHEDULES)
+    schedule: str = option("karras", SCHEDULE_DOC, choices=GRID_SCHEDULES)
     s_churn: float = option(0.0, "EDM's stochastic churn (0: deterministic)", min=0)
     s_tmin: float = option(0.0, "churn only at noise levels >= s_tmin", min=0)
     s_tmax: float = option(math.inf, "churn only at noise levels <= s_tmax", min=0, infinite=True)
