@@ -142,9 +142,10 @@ def test_nfe_is_the_budget_and_bad_options_are_one_line(name):
     with pytest.raises(ValueError, match="^sampler 'dpm_solver': prediction must be one of data, noise; got 'v'$"):
         run(model, process, sampler="dpm_solver", steps=4, shape=(2, 2), prediction="v")
     calls = []
-    with pytest.raises(ValueError, match="^sampler 'dpm_solver': takes no given grid \\(sigmas or times\\)") as err:
-        run(lambda x, t: calls.append(1), process, sampler="dpm_solver", steps=4, shape=(2, 2), sigmas=[8.0, 1.0])
-    assert "\n" not in str(err.value) and not calls
+    for grid in ({"sigmas": [8.0, 1.0]}, {"schedule": "learned"}, {"schedule_file": "any.json"}):
+        with pytest.raises(ValueError, match="^sampler 'dpm_solver': takes no given or learned grid") as err:
+            run(lambda x, t: calls.append(1), process, sampler="dpm_solver", steps=4, shape=(2, 2), **grid)
+        assert "\n" not in str(err.value) and not calls
 
 
 def test_registered_with_its_name():

@@ -70,9 +70,10 @@ class DPMSolver(_GridOptions):
                              "sigma_max) a DDIM step of its own (always for a flow, where s(t_max) = inf)")
 
     def check(self, process: GaussianPath) -> None:
-        if self.sigmas is not None or self.times is not None:
-            raise ValueError(f"sampler {self.name!r}: takes no given grid (sigmas or times); its levels follow "
-                             f"from the NFE budget (steps) and the schedule")
+        if self.sigmas is not None or self.times is not None or self.schedule_file is not None \
+                or self.schedule == "learned":
+            raise ValueError(f"sampler {self.name!r}: takes no given or learned grid (sigmas, times, schedule_file); "
+                             f"its levels follow from the NFE budget (steps) and the schedule (logsnr, karras, time)")
         super().check(process)
 
     def plan(self, process: GaussianPath) -> tuple[list[int], NoiseGrid]:
