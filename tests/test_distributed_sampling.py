@@ -235,3 +235,39 @@ def test_damaged_and_foreign_files_named_safetensors_are_refused_in_one_line(toy
     assert "holds only the EMA weights; drop --no-ema" in one_line(capsys)
     assert export_main(["--ckpt", str(toy_ckpt), "--out", str(tmp_path / "model.pt")]) == 2
     assert "--out must end in .safetensors" in one_line(capsys)
+
+
+# --- genflow-eval fid: generate and score in one command -------------------------------------------------------
+
+
+def test_fid_draws_as_genflow_sample_and_scores_as_fd_at_world_1_and_2(toy_ckpt, tmp_path, capsys):
+    from genflow.cli.evaluate import main as eval_main
+
+    assert sample_main(flags(toy_ckpt, tmp_path / "drawn")) == 0
+    capsys.readouterr()
+    assert eval_main(["fd", "--ckpt", str(toy_ckpt), "--samples", str(tmp_path / "drawn" / "samples.npz"),
+                      "--device", "cpu"]) == 0
+    fd = json.loads(capsys.readouterr().out)
+    # fid's own flags (--ckpt, --num, --seed, --device, --out) and genflow-sample's, in any order
+    fid_flags = ["fid", "--ckpt", str(toy_ckpt), "--sampler", "ddim", "--num-samples", "7", "--steps", "4",
+                 "--batch-size", "2", "--shard-size", "2", "--device", "cpu", "--no-progress"]
+    assert eval_main([*fid_flags, "--out", str(tmp_path / "fid1")]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert np.array_equal(samples(tmp_path / "fid1"), samples(tmp_path / "drawn"))
+    assert one["value"] == fd["value"] and one["split"] == "train" and one["features"] == "raw vectors"
+    assert one["generated"]["sampler"]["name"] == "ddim" and one["generated"]["num"] == 7
+    code, err = torchrun("--standalone", "--nproc_per_node=2", "-m", "genflow.cli.evaluate", *fid_flags,
+                         "--out", str(tmp_path / "fid2"))
+    assert code == 0, err[-3000:]
+    assert np.array_equal(samples(tmp_path / "fid2"), samples(tmp_path / "drawn"))
+    assert info(tmp_path / "fid2")["world_size"] == 2
+
+
+def test_fid_refuses_a_bad_sampler_flag_and_other_commands_unknown_flags_in_one_line(toy_ckpt, tmp_path, capsys):
+    from genflow.cli.evaluate import main as eval_main
+
+    assert eval_main(["fid", "--ckpt", str(toy_ckpt), "--out", str(tmp_path / "o"), "--steps", "x"]) == 2
+    assert "fid (genflow-sample's flags): argument --steps: invalid int value: 'x'" in one_line(capsys)
+    assert eval_main(["fd", "--ckpt", str(toy_ckpt), "--samples", "s.npz", "--sampler", "ddim"]) == 2
+    assert "unrecognized arguments: --sampler ddim" in one_line(capsys)
+    assert not (tmp_path / "o").exists()

@@ -5,6 +5,8 @@
                      [--inception-weights pt_inception-2015-12-05-6726825d.pth] [--ref REF.npz]
     genflow-eval pr  --ckpt ... --samples ... [--k 3] [--inception-weights ...]
     genflow-eval sw  --ckpt ... --samples ...          (vector data)
+    genflow-eval fid --ckpt ... --sampler ddim --steps 100 --num 50000 --inception-weights PATH [--out DIR]
+                     (draws the samples as genflow-sample does, then fd; its other flags are genflow-sample's)
     torchrun --nproc_per_node=N -m genflow.cli.evaluate fd|pr|nll ...   (the same numbers, the work split)
 
 ``nll`` reports bits/dim for images (uniform dequantization) and nats for vectors; ``fd`` and
@@ -54,7 +56,28 @@ def parser() -> argparse.ArgumentParser:
                                 "or ADM's samples npz (arr_0: uint8 NHWC)")
         if name in ("fd", "pr"):
             add_feature_flags(c, name)
+    add_fid_parser(sub)
     return p
+
+
+def add_fid_parser(sub) -> None:
+    """``fid``: genflow-sample's flags (passed on to it as they are) and fd's feature flags."""
+    text = ("draw samples (as genflow-sample, under torchrun too) and their Fréchet distance to a data split "
+            "or --ref, in one command (like EDM2's calculate_metrics.py gen)")
+    c = sub.add_parser("fid", help=text, description=text + ". Every other flag (--sampler, --steps, "
+                       "--batch-size, the sampler options, --shard-size, --png-dir, --precision, ...) is "
+                       "genflow-sample's; see genflow-sample --help.", allow_abbrev=False)
+    c.add_argument("--ckpt", required=True, type=Path, help="a genflow checkpoint or a genflow-export .safetensors file")
+    c.add_argument("--num", "--num-samples", dest="num", type=int, default=50000,
+                   help="samples to draw, >= 1 (default 50,000, the papers' count; under torchrun write "
+                        "--num-samples)")
+    c.add_argument("--out", type=Path, default=Path("fid-samples"),
+                   help="genflow-sample's output folder (samples.npz, info.json, shards/ a rerun reuses)")
+    c.add_argument("--seed", type=int, default=0, help="seed of the per-sample noise, >= 0")
+    c.add_argument("--split", default="train", choices=["train", "test"],
+                   help="the data split of the reference (default: train, as the papers' FIDs)")
+    c.add_argument("--data-num", type=int, default=None, help="examples of the split to use (default: all)")
+    add_feature_flags(c, "fd", batch_flag="--feature-batch-size")
 
 
 def add_common_flags(c: argparse.ArgumentParser, name: str) -> None:
@@ -88,7 +111,7 @@ def add_nll_flags(c: argparse.ArgumentParser) -> None:
                    help="also write every example's value (index, value) to this .npz")
 
 
-def add_feature_flags(c: argparse.ArgumentParser, name: str) -> None:
+def add_feature_flags(c: argparse.ArgumentParser, name: str, batch_flag: str = "--batch-size") -> None:
     c.add_argument("--inception-weights", type=Path, default=None, metavar="PATH",
                    help="Inception-v3 weights for the features: torchvision's inception_v3_google-*.pth "
                         "or pytorch-fid's FID network pt_inception-2015-12-05-*.pth (never downloaded; "
@@ -103,7 +126,7 @@ def add_feature_flags(c: argparse.ArgumentParser, name: str) -> None:
         c.add_argument("--ref", type=Path, default=None, metavar="PATH.npz",
                        help="reference statistics instead of the data split: EDM's (mu, sigma) or ADM's reference "
                             "batch (mu, sigma, or arr_0 uint8 images NHWC)")
-    c.add_argument("--batch-size", type=int, default=50, help="images per forward pass of the feature net")
+    c.add_argument(batch_flag, dest="batch_size", type=int, default=50, help="images per forward pass of the feature net")
     c.add_argument("--device", default="auto", help="device of the feature net: auto, cpu or cuda[:N]")
     if name == "pr":
         c.add_argument("--k", type=int, default=3, help="the k-th neighbour sets each ball's radius")
@@ -308,6 +331,37 @@ def reference_of(args, cfg: dict, data, space, d: distributed.Dist, dims: int, f
     return found, how
 
 
+def sample_args(args, rest: list[str]) -> argparse.Namespace:
+    """genflow-sample's flags for ``fid``: its own (the rest of the command line) with the shared ones."""
+    from genflow.cli import sample
+
+    shared = ["--ckpt", str(args.ckpt), "--num", str(args.num), "--seed", str(args.seed), "--device", args.device,
+              "--out", str(args.out)]
+    try:
+        generating = sample.parser().parse_args(shared + rest)
+    except UsageError as err:
+        raise UsageError(f"fid (genflow-sample's flags): {err}") from None
+    sample.check_args(generating)
+    return generating
+
+
+def fid(args, generating: argparse.Namespace, state: dict, d: distributed.Dist, device: torch.device) -> dict:
+    """Draw the samples (every rank its share of the shards, rank 0 merges), then ``fd`` of OUT/samples.npz."""
+    from genflow.cli.sample import sample_all
+
+    sample_all(generating, d)
+    scoring = argparse.Namespace(**{**vars(args), "command": "fd", "samples": args.out / "samples.npz",
+                                    "num": args.data_num})
+    result = compare(scoring, state, d, device)
+    if d.main:
+        drawn = json.loads((args.out / "info.json").read_text())
+        keep = ("sampler", "sampler_options", "num", "seed", "nfe_per_sample", "wall_s", "world_size", "settings_key",
+                "precision", "ema", "guidance", "classes")
+        result = {**result, "metric": "fid" if "inception" in str(result.get("features")) else result["metric"],
+                  "generated": {k: drawn.get(k) for k in keep}, "samples_dir": str(args.out)}
+    return result
+
+
 def device_of(name: str) -> str:
     """--device as distributed.setup takes it (auto, cpu, cuda), after checking an explicit one."""
     if name == "auto":
@@ -327,7 +381,10 @@ def evaluate(argv: list[str] | None) -> str | None:
     """The JSON line on rank 0 (None on the other ranks)."""
     from genflow.export import load_model_file as load  # a checkpoint or a genflow-export .safetensors file
 
-    args = parser().parse_args(argv)
+    args, rest = parser().parse_known_args(argv)
+    if args.command != "fid" and rest:
+        parser().parse_args(argv)  # the usual one-line refusal of the unknown flags
+    generating = sample_args(args, rest) if args.command == "fid" else None
     check_seed(args.seed)
     kind = device_of(args.device) if hasattr(args, "device") else "cpu"
     if args.command == "nll":
@@ -338,7 +395,10 @@ def evaluate(argv: list[str] | None) -> str | None:
     try:
         device = torch.device(args.device) if ":" in str(getattr(args, "device", "")) else d.device
         state = load(args.ckpt)
-        result = nll(args, state, d, device) if args.command == "nll" else compare(args, state, d, device)
+        if generating is not None:
+            result = fid(args, generating, state, d, device)
+        else:
+            result = nll(args, state, d, device) if args.command == "nll" else compare(args, state, d, device)
         message = on_main(d, lambda: finish(args, result))
         done = True
     finally:
