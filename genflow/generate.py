@@ -186,12 +186,10 @@ class Generated:
     drawn: int
 
 
-def generate(recipe: Recipe, plan: Plan, *, rank: int = 0, world: int = 1,
-             device: torch.device | str = "cpu") -> Generated:
+def generate(recipe: Recipe, plan: Plan, *, rank: int = 0, world: int = 1) -> Generated:
     """Draw this rank's share of the missing shards and write them (and their PNGs). Collective under
     torchrun: every rank calls it; rank 0 finds the missing shards; a failure on any rank fails all."""
-    todo = distributed.agree(lambda: missing(plan) if rank == 0 else None, torch.device(device))
-    todo = distributed.gather_objects(todo)[0]
+    todo = distributed.gather_checked(lambda: missing(plan) if rank == 0 else None)[0]
     done = [r for r in plan.ranges if r not in todo]
 
     def work() -> None:
@@ -206,7 +204,7 @@ def generate(recipe: Recipe, plan: Plan, *, rank: int = 0, world: int = 1,
                 if shard is not None:  # damaged since rank 0 looked: the merge says so
                     write_pngs(plan, indices, shard.samples, only_missing=True)
 
-    distributed.agree(work, torch.device(device))
+    distributed.agree(work)
     return Generated(reused=len(done), drawn=len(todo))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickle
 import re
@@ -42,6 +43,16 @@ def check_choice(value: object, allowed: tuple, what: str) -> None:
 def error_line(err: BaseException, limit: int = 400) -> str:
     """``Type: message`` as one line (``one_line``), for errors whose type is news to the reader."""
     return f"{type(err).__name__}: {one_line(err, limit)}"
+
+
+def strict_json(value):
+    """``value`` as strict JSON holds it: tuples as lists, non-finite floats as strings ("inf", "-inf",
+    "nan"), which strict JSON readers accept."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def sha256_of(path: str | Path) -> str:

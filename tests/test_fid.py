@@ -45,6 +45,8 @@ def test_to_uint8_matches_a_hand_written_reference_on_edge_values(rounding):
     # -1 and 1 are 0 and 255 both ways; just inside 1, EDM rounds up to 255, ADM truncates to 254
     assert to_uint8(torch.tensor([-1.0, 1.0, 1 - 1e-9], dtype=torch.float64), rounding).tolist() == \
         [0, 255, 255 if rounding == "edm" else 254]
+    # literal values of the published code: x = 0 is EDM's 0 * 127.5 + 128 = 128, ADM's (0 + 1) * 127.5 -> 127
+    assert to_uint8(torch.zeros(1), rounding).item() == (128 if rounding == "edm" else 127)
 
 
 def test_to_uint8_refuses_nan_and_inf_naming_the_count():
@@ -74,6 +76,9 @@ def test_the_protocol_feeds_inception_the_published_input_scalings():
     torch.testing.assert_close(Protocol(scaling="tf").network_input(k), (k.float() - 128) / 128, rtol=0, atol=0)
     torch.testing.assert_close(Protocol(scaling="pytorch-fid").network_input(k), 2 * (k.float() / 255) - 1,
                                rtol=0, atol=0)
+    # literal ends: the TF graph maps 0 and 255 to -1 and 127/128, pytorch-fid to -1 and 1
+    assert Protocol(scaling="tf").network_input(k[[0, 255]]).tolist() == [-1.0, 0.9921875]
+    assert Protocol(scaling="pytorch-fid").network_input(k[[0, 255]]).tolist() == [-1.0, 1.0]
     x = torch.tensor([1 - 1e-6, -1.0])  # samples: the chosen rounding; reference images: always nearest
     assert Protocol(rounding="adm").quantize(x).tolist() == [254, 0]
     assert Protocol(rounding="adm").quantize(x, reference=True).tolist() == [255, 0]

@@ -168,9 +168,16 @@ def test_learn_schedule_refuses_bad_input_in_one_line(kw, message):
 
 
 def test_every_grid_sampler_can_be_learned_for():
+    """Every sampler grid_samplers() offers learns a grid that lowers the objective (a few evaluations)."""
     from genflow.samplers import SAMPLERS
     assert set(grid_samplers()) >= {"dpmpp_2m", "dpmpp_3m", "heun", "lms", "ipndm", "unipc"}
     assert all("schedule_file" in SAMPLERS[name].options() for name in grid_samplers())
+    process = VPSDE()
+    model = ring().model(process)
+    for name in grid_samplers():
+        schedule = learn_schedule(model, process, sampler=name, nfe=4, shape=(2,), draws=8, teacher=TEACHER,
+                                  iterations=6, progress=False)
+        assert schedule.objective["after"] <= schedule.objective["before"], name
 
 
 @pytest.mark.parametrize("grid,message", [
@@ -213,6 +220,15 @@ def test_learn_a_schedule_for_a_checkpoint_and_sample_with_it(tmp_path, capsys):
     assert sample_main([*argv[:4], "--order", "4", *argv[6:], "--schedule-file", str(path),
                         "--out", str(tmp_path / "c")]) == 2
     assert "was learned with order=3; this sampler has order=4" in capsys.readouterr().err
+    # the shards' key holds the file's content: a file learned again under the same name is a new grid
+    assert sample_main([*argv, "--schedule-file", str(path), "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "info.json").read_text())["shards_drawn"] == 0
+    moved = json.loads(path.read_text())
+    moved["sigmas"][1] = math.sqrt(moved["sigmas"][0] * moved["sigmas"][1])  # still strictly decreasing
+    path.write_text(json.dumps(moved))
+    assert sample_main([*argv, "--schedule-file", str(path), "--out", str(tmp_path / "a")]) == 0
+    assert json.loads((tmp_path / "a" / "info.json").read_text())["shards_reused"] == 0
+    assert not np.array_equal(np.load(tmp_path / "a" / "samples.npz")["samples"], b)
 
 
 @pytest.mark.parametrize("process_name", ["flow_matching", "vesde"])

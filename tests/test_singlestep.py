@@ -11,6 +11,7 @@ import torch
 from conftest import assert_nfe_is_honest
 
 from genflow.samplers import SAMPLERS, DPMSolver, noise_grid, run
+from genflow.samplers.learn import grid_samplers
 from genflow.samplers.singlestep import fast_orders
 from genflow.samplers.solvers import scaled_sigma
 from test_samplers import PROCESSES, exact_flow, fitted_order, gaussian, start
@@ -142,10 +143,13 @@ def test_nfe_is_the_budget_and_bad_options_are_one_line(name):
     with pytest.raises(ValueError, match="^sampler 'dpm_solver': prediction must be one of data, noise; got 'v'$"):
         run(model, process, sampler="dpm_solver", steps=4, shape=(2, 2), prediction="v")
     calls = []
-    for grid in ({"sigmas": [8.0, 1.0]}, {"schedule": "learned"}, {"schedule_file": "any.json"}):
-        with pytest.raises(ValueError, match="^sampler 'dpm_solver': takes no given or learned grid") as err:
-            run(lambda x, t: calls.append(1), process, sampler="dpm_solver", steps=4, shape=(2, 2), **grid)
+    for grid in ("sigmas", "times", "schedule_file"):  # its levels follow from the budget
+        with pytest.raises(ValueError, match=f"^sampler 'dpm_solver' takes no option\\(s\\) {grid}; ") as err:
+            run(lambda x, t: calls.append(1), process, sampler="dpm_solver", steps=4, shape=(2, 2), **{grid: [8.0]})
         assert "\n" not in str(err.value) and not calls
+    with pytest.raises(ValueError, match="^sampler 'dpm_solver': takes no learned grid; "):
+        run(lambda x, t: calls.append(1), process, sampler="dpm_solver", steps=4, shape=(2, 2), schedule="learned")
+    assert "dpm_solver" not in grid_samplers() and "dpmpp_2m" in grid_samplers()
 
 
 def test_registered_with_its_name():

@@ -67,6 +67,17 @@ def check_device(name: str) -> str:
     return name
 
 
+def rank_device(name: str, dist) -> str:
+    """This rank's device: auto, cuda and cpu as ``distributed.setup`` picked it (cuda:LOCAL_RANK under
+    torchrun); a named GPU cuda:N itself, on one process only (every rank would share it)."""
+    if ":" not in name:
+        return str(dist.device)
+    if dist.world > 1:
+        raise UsageError(f"--device {name} names one GPU, but {dist.world} ranks would share it; under torchrun "
+                         "use --device auto or cuda (each rank takes cuda:LOCAL_RANK)")
+    return name
+
+
 def rebuild(state: dict, path, *, ema: bool = True, device: str = "cpu"):
     """(process, net) from a loaded checkpoint's stored config, the net with its EMA (or raw) weights.
 

@@ -26,13 +26,14 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from genflow.cli import FailedRun, Parser, UsageError, check_device, check_seed, guarded
+from genflow.cli import FailedRun, Parser, UsageError, check_device, check_seed, guarded, rank_device
 from genflow.ode import ADAPTIVE_METHODS, check_solver
 from genflow.training import distributed
 
@@ -82,11 +83,14 @@ def add_fid_parser(sub) -> None:
 
 def add_common_flags(c: argparse.ArgumentParser, name: str) -> None:
     split = DEFAULT_SPLIT[name]
-    c.add_argument("--ckpt", required=True, type=Path, help="a genflow checkpoint (its config names the data)")
+    c.add_argument("--ckpt", required=True, type=Path,
+                   help="a genflow checkpoint or a genflow-export .safetensors file (its config names the data)")
     c.add_argument("--split", default=split, choices=["train", "test"],
                    help=f"the data split (default: {split}" + ("; papers' FIDs use the training split)" if
                                                               split == "train" else ")"))
-    c.add_argument("--num", type=int, default=None, help="examples of the split to use (default: all)")
+    c.add_argument("--num", "--num-examples", dest="num", type=int, default=None,
+                   help="examples of the split to use (default: all; under torchrun write --num-examples: "
+                        "torchrun's parser takes --num for its --numa-binding)")
     c.add_argument("--seed", type=int, default=0,
                    help="seed of the random draws, >= 0 (nll: dequantization and Hutchinson probes, per example; "
                         "sw: directions)")
@@ -127,7 +131,9 @@ def add_feature_flags(c: argparse.ArgumentParser, name: str, batch_flag: str = "
                        help="reference statistics instead of the data split: EDM's (mu, sigma) or ADM's reference "
                             "batch (mu, sigma, or arr_0 uint8 images NHWC)")
     c.add_argument(batch_flag, dest="batch_size", type=int, default=50, help="images per forward pass of the feature net")
-    c.add_argument("--device", default="auto", help="device of the feature net: auto, cpu or cuda[:N]")
+    c.add_argument("--device", default="auto",
+                   help="device of the feature net (fid: of the sampling too): auto (this rank's GPU when CUDA is "
+                        "visible), cpu or cuda[:N] (one process only)")
     if name == "pr":
         c.add_argument("--k", type=int, default=3, help="the k-th neighbour sets each ball's radius")
 
@@ -167,8 +173,9 @@ def nll(args, state: dict, d: distributed.Dist, device: torch.device) -> dict:
 
     if args.batch_size < 1 or args.draws < 1:
         raise UsageError("--batch-size and --draws must be >= 1")
-    process, net = rebuild(state, args.ckpt, ema=not args.no_ema, device=str(device))
-    dataset, n = split_data(state["config"], args.split, args.num)
+    process, net, (dataset, n) = distributed.agree(lambda: (
+        *rebuild(state, args.ckpt, ema=not args.no_ema, device=str(device)),
+        split_data(state["config"], args.split, args.num)))
     batches = [range(s, min(s + args.batch_size, n)) for s in range(0, n, args.batch_size)]
     mine = [batches[i] for i in distributed.share(len(batches), d.rank, d.world)]
     parts = distributed.gather_checked(lambda: nll_batches(args, net, process, dataset, mine, device, d.main))
@@ -226,7 +233,7 @@ def feature_spaces(args, cfg: dict, images: bool, device: torch.device):
     from genflow.metrics.reference import FeatureSpace
 
     if args.batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
+        raise UsageError("--batch-size (fid: --feature-batch-size) must be >= 1")
     if args.inception_weights is not None:
         if not images:
             raise UsageError("--inception-weights is for image data; vector data is compared as raw vectors")
@@ -274,27 +281,47 @@ def read_fake(args):
     return source
 
 
-def compare(args, state: dict, d: distributed.Dist, device: torch.device) -> dict:
-    from genflow.metrics import frechet_distance_to_statistics, precision_recall, sliced_wasserstein
-    from genflow.metrics.files import ImageSource, read_reference
+@dataclass(frozen=True)
+class Scoring:
+    """What fd / pr / sw compare the samples with, set up (and checked) before any sample is read."""
 
-    cfg = state["config"]
+    file: object  # --ref's ReferenceFile, or None
+    dataset: object
+    n: int
+    shape: tuple
+    spaces: tuple | None  # feature_spaces' (samples' space, reference's space, protocol); None for sw
+
+
+def scoring(args, cfg: dict, device: torch.device) -> Scoring:
+    from genflow.metrics.files import read_reference
+
     file = read_reference(args.ref) if getattr(args, "ref", None) is not None else None  # refused before any work
-    source = read_fake(args)
     dataset, n = split_data(cfg, args.split, args.num)
     shape = tuple(dataset[0][0].shape)
+    if args.command == "sw" and len(shape) != 1:
+        raise UsageError("sw is for vector data; use fd or pr for images")
+    spaces = None if args.command == "sw" else feature_spaces(args, cfg, len(shape) == 3, device)
+    return Scoring(file, dataset, n, shape, spaces)
+
+
+def compare(args, state: dict, d: distributed.Dist, device: torch.device, setup: Scoring | None = None) -> dict:
+    from genflow.metrics import frechet_distance_to_statistics, precision_recall, sliced_wasserstein
+    from genflow.metrics.files import ImageSource
+
+    cfg = state["config"]
+    s = setup or distributed.agree(lambda: scoring(args, cfg, device))
+    source = distributed.agree(lambda: read_fake(args))
+    dataset, n, shape = s.dataset, s.n, s.shape
     if source.shape != shape:
         raise UsageError(f"samples have shape {source.shape} but the data {shape}")
     if args.command == "sw":
-        if len(shape) != 1:
-            raise UsageError("sw is for vector data; use fd or pr for images")
         fake, real = source.take(range(source.count)), stack(dataset, range(n))
         value = sliced_wasserstein(fake, real, generator=torch.Generator().manual_seed(args.seed))
         return {"metric": "sliced_wasserstein", "value": value, "samples": len(fake), "data": n}
-    fake_space, real_space, protocol = feature_spaces(args, cfg, len(shape) == 3, device)
+    fake_space, real_space, protocol = s.spaces
     f_fake = shared_features(source, fake_space.extract, d)
     data = ImageSource(n, shape, lambda r: stack(dataset, r), "data split")
-    ref, how = reference_of(args, cfg, data, real_space, d, f_fake.shape[1], file)
+    ref, how = reference_of(args, cfg, data, real_space, d, f_fake.shape[1], s.file)
     how = {"features": fake_space.name, "feature_space": fake_space.identity, "samples": len(f_fake),
            "samples_layout": source.layout, **how, "conversion": protocol.record() if protocol else None,
            "world_size": d.world}
@@ -348,11 +375,22 @@ def sample_args(args, rest: list[str]) -> argparse.Namespace:
 def fid(args, generating: argparse.Namespace, state: dict, d: distributed.Dist, device: torch.device) -> dict:
     """Draw the samples (every rank its share of the shards, rank 0 merges), then ``fd`` of OUT/samples.npz."""
     from genflow.cli.sample import sample_all
+    from genflow.metrics.files import check_dims
 
+    scored = argparse.Namespace(**{**vars(args), "command": "fd", "samples": args.out / "samples.npz",
+                                   "num": args.data_num})
+
+    def setup() -> Scoring:  # --ref, the feature net and the data checked before any sample is drawn
+        s = scoring(scored, state["config"], device)
+        if tuple(state.get("data_shape", s.shape)) != s.shape:
+            raise UsageError(f"the checkpoint's samples have shape {tuple(state['data_shape'])} but the data {s.shape}")
+        if s.file is not None:
+            check_dims(s.file, s.spaces[1].extract(stack(s.dataset, range(1))).shape[1])
+        return s
+
+    ready = distributed.agree(setup)
     sample_all(generating, d)
-    scoring = argparse.Namespace(**{**vars(args), "command": "fd", "samples": args.out / "samples.npz",
-                                    "num": args.data_num})
-    result = compare(scoring, state, d, device)
+    result = compare(scored, state, d, device, setup=ready)
     if d.main:
         drawn = json.loads((args.out / "info.json").read_text())
         keep = ("sampler", "sampler_options", "num", "seed", "nfe_per_sample", "wall_s", "world_size", "settings_key",
@@ -393,8 +431,8 @@ def evaluate(argv: list[str] | None) -> str | None:
     d = distributed.setup(kind)
     done = False
     try:
-        device = torch.device(args.device) if ":" in str(getattr(args, "device", "")) else d.device
-        state = load(args.ckpt)
+        device = torch.device(rank_device(getattr(args, "device", "cpu"), d))
+        state = distributed.agree(lambda: load(args.ckpt))
         if generating is not None:
             result = fid(args, generating, state, d, device)
         else:

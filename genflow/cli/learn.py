@@ -23,7 +23,8 @@ def parser() -> Parser:
     from genflow.samplers.learn import DEFAULT_TEACHER, grid_samplers
 
     p = Parser(prog="genflow-learn-schedule", description=__doc__.split("\n")[0])
-    p.add_argument("--ckpt", required=True, type=Path, help="a genflow checkpoint (e.g. RUN/checkpoints/last.pt)")
+    p.add_argument("--ckpt", required=True, type=Path,
+                   help="a genflow checkpoint (e.g. RUN/checkpoints/last.pt) or a genflow-export .safetensors file")
     p.add_argument("--out", required=True, type=Path, help="the schedule file to write (JSON)")
     p.add_argument("--sampler", default="dpmpp_2m", help=f"{', '.join(grid_samplers())} (default dpmpp_2m)")
     p.add_argument("--nfe", type=int, default=5, help="network evaluations per sample, >= 2 (default 5)")
@@ -33,7 +34,8 @@ def parser() -> Parser:
     p.add_argument("--teacher-steps", type=int, default=DEFAULT_TEACHER["steps"],
                    help=f"the teacher's steps, >= 1 (default {DEFAULT_TEACHER['steps']})")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws, >= 0")
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (a visible GPU)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (the default: a few hundred draws of a few steps) or cuda[:N] (a visible GPU)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_sampler_flags(p)
@@ -43,7 +45,8 @@ def parser() -> Parser:
 def run(args) -> str:
     from genflow.cli import rebuild
     from genflow.samplers.learn import learn_schedule
-    from genflow.training.checkpoint import CheckpointError, load
+    from genflow.export import load_model_file as load  # a checkpoint or a genflow-export .safetensors file
+    from genflow.training.checkpoint import CheckpointError
     from genflow.utils import check_writable_folder
 
     check_seed(args.seed)

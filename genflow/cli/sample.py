@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from genflow.accel import PRECISIONS
-from genflow.cli import FailedRun, Parser, UsageError, check_device, check_seed, guarded
-from genflow.utils import check_writable_folder, sha256_of, write_atomically
+from genflow.cli import FailedRun, Parser, UsageError, check_device, check_seed, guarded, rank_device
+from genflow.utils import check_writable_folder, sha256_of, strict_json, write_atomically
 
 if TYPE_CHECKING:
     from genflow.generate import Drawn, Generated, Plan, Recipe
@@ -41,30 +41,42 @@ if TYPE_CHECKING:
 GRID_SAMPLES, POINTS_SHOWN = 64, 10_000  # grid.png shows the first 64 images; points.png the first 10,000 points
 
 def sampler_options() -> dict:
-    """Every option of the registered samplers: its first declaration and the samplers that take it."""
+    """Every option of the registered samplers: its declarations, one per sampler that takes it."""
     from genflow.samplers import SAMPLERS
 
     found: dict = {}
     for name, cls in SAMPLERS.items():
         for key, spec in cls.options().items():
-            found.setdefault(key, (spec, []))[1].append(name)
+            found.setdefault(key, {})[name] = spec
     return found
 
 
 def add_sampler_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per sampler option, its help read off the option's declaration."""
+    """One flag per sampler option, its help read off the options' declarations (what each sampler
+    allows, where they differ; a boolean whose default differs between samplers gets both
+    --key and --no-key)."""
     from genflow.samplers import allowed
 
-    for key, (spec, takers) in sampler_options().items():
-        doc, only = spec.metadata["doc"].replace("%", "%%"), f"(sampler {' or '.join(takers)} only)"
-        if spec.metadata["kind"] is bool:
-            flag = f"--no-{key}" if spec.default else f"--{key}"
-            p.add_argument(flag.replace("_", "-"), dest=key, default=None,
-                           action="store_false" if spec.default else "store_true",
-                           help=f"sets {key} to {not spec.default} (default {spec.default}: {doc}) {only}")
+    for key, specs in sampler_options().items():
+        first = next(iter(specs.values()))
+        doc, only = first.metadata["doc"].replace("%", "%%"), f"(sampler {' or '.join(specs)} only)"
+        if first.metadata["kind"] is bool:
+            defaults = {spec.default for spec in specs.values()}
+            if len(defaults) > 1:
+                on = ", ".join(f"{name} {spec.default}" for name, spec in specs.items())
+                p.add_argument(f"--{key.replace('_', '-')}", dest=key, default=None,
+                               action=argparse.BooleanOptionalAction, help=f"{doc} (default: {on}) {only}")
+            else:
+                flag = f"--no-{key}" if first.default else f"--{key}"
+                p.add_argument(flag.replace("_", "-"), dest=key, default=None,
+                               action="store_false" if first.default else "store_true",
+                               help=f"sets {key} to {not first.default} (default {first.default}: {doc}) {only}")
         else:
-            p.add_argument(f"--{key.replace('_', '-')}", type=spec.metadata["kind"], default=None,
-                           help=f"{doc}; {allowed(spec)} {only}")
+            rules = {name: allowed(spec) for name, spec in specs.items()}
+            takes = (next(iter(rules.values())) if len(set(rules.values())) == 1 else
+                     "; ".join(f"{name}: {rule}" for name, rule in rules.items()))
+            p.add_argument(f"--{key.replace('_', '-')}", type=first.metadata["kind"], default=None,
+                           help=f"{doc}; {takes.replace('%', '%%')} {only}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -154,15 +166,6 @@ def class_settings(args, classes: int | None) -> tuple[list[int] | None, float]:
     return chosen, guidance
 
 
-def strict_json(value):
-    """``value`` with non-finite floats as strings ("inf"), which strict JSON readers accept."""
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def network(net: torch.nn.Module, args, algo, device: str):
     """The net with the fast-path flags applied (precision, channels-last, compile, CUDA graph)."""
     from genflow import accel, samplers
@@ -189,17 +192,6 @@ def check_args(args) -> None:
     check_writable_folder(args.out, "--out")  # before any work, not after all the sampling
     if args.png_dir is not None:
         check_writable_folder(args.png_dir, "--png-dir")
-
-
-def rank_device(name: str, dist) -> str:
-    """This rank's device: auto, cuda and cpu as ``distributed.setup`` picked it (cuda:LOCAL_RANK under
-    torchrun); a named GPU cuda:N itself, on one process only (every rank would share it)."""
-    if ":" not in name:
-        return str(dist.device)
-    if dist.world > 1:
-        raise UsageError(f"--device {name} names one GPU, but {dist.world} ranks would share it; under torchrun "
-                         "use --device auto or cuda (each rank takes cuda:LOCAL_RANK)")
-    return name
 
 
 @dataclass(frozen=True)
@@ -254,6 +246,8 @@ def prepare(args, device: str, main: bool) -> Job:
             "tf32": torch.device(device).type == "cuda" and not args.no_tf32,
             "classes": chosen, "guidance": guidance, "sampler_options": algo.settings(),
             "batch_size": args.batch_size, "device_type": torch.device(device).type}
+    if options.get("schedule_file") is not None:  # the grid is the file's content, not its name
+        info["schedule_file_sha256"] = sha256_of(options["schedule_file"])
     key = settings_key(args.ckpt, info, shape, recipe.pad_to)
     shard_size = args.shard_size or default_shard_size(args.num, args.batch_size)
     plan = Plan(args.out / "shards", args.num, shard_size, key, png_dir=args.png_dir)
@@ -309,10 +303,10 @@ def sample_all(args, dist) -> Path | None:
 
     device = rank_device(args.device, dist)
     start = time.perf_counter()
-    job = distributed.agree(lambda: prepare(args, device, dist.main), dist.device)
-    generated = generate(job.recipe, job.plan, rank=dist.rank, world=dist.world, device=dist.device)
+    job = distributed.agree(lambda: prepare(args, device, dist.main))
+    generated = generate(job.recipe, job.plan, rank=dist.rank, world=dist.world)
     return distributed.agree(lambda: write_outputs(args, job, merge(job.plan), generated, dist.world,
-                                                   time.perf_counter() - start) if dist.main else None, dist.device)
+                                                   time.perf_counter() - start) if dist.main else None)
 
 
 def run(args) -> str:

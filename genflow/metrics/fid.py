@@ -12,7 +12,7 @@ pipelines do it, and ``score`` (the Fréchet distance of images to reference sta
      Mul 1/128 ops) that TTUR's FID, ADM's evaluations/evaluator.py (uint8 batches fed to the graph)
      and EDM's fid.py (uint8 images into the TorchScript port inception-2015-12-05.pkl) use;
    * ``pytorch-fid``: 2 (k / 255) - 1, pytorch-fid's ``ToTensor`` (k / 255) then InceptionV3's
-     ``normalize_input`` (``x = 2 * x - 1``). The two differ by (k - 127.5) / 16320 (< 0.008).
+     ``normalize_input`` (``x = 2 * x - 1``). The two differ by k / 32640 (at most 0.0078, at k = 255).
 3. ``InceptionFeatures.prepare`` resizes to 299x299 bilinearly (``align_corners=False``, as
    pytorch-fid and EDM's port), which commutes with step 2's affine map. TF1's ResizeBilinear in
    ADM's evaluator samples the pixels differently; that difference is not checked here.

@@ -104,6 +104,9 @@ class Sampler:
 
     #: The sampler's name in ``genflow.samplers.SAMPLERS`` (its messages name it).
     name: ClassVar[str] = "sampler"
+    #: Options a subclass inherits but does not take (``options`` leaves them out, so ``make``
+    #: refuses them in one line and no flag or help offers them for this sampler).
+    withheld: ClassVar[tuple[str, ...]] = ()
     steps: int = option(50, "sampler steps", min=1)
 
     def __post_init__(self) -> None:
@@ -128,8 +131,8 @@ class Sampler:
 
     @classmethod
     def options(cls) -> dict[str, dataclasses.Field]:
-        """The options a user sets (every field but ``steps``), in declaration order."""
-        return {f.name: f for f in dataclasses.fields(cls) if f.name != "steps"}
+        """The options a user sets (every field but ``steps`` and the ``withheld`` ones), in declaration order."""
+        return {f.name: f for f in dataclasses.fields(cls) if f.name != "steps" and f.name not in cls.withheld}
 
     def settings(self) -> dict[str, Any]:
         """Every option's value as used, ``steps`` included."""

@@ -21,7 +21,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -194,6 +193,8 @@ def _search(objective: Callable[[list[float]], float], x0: np.ndarray, span: tup
         moves = np.eye(len(x0)) - np.eye(len(x0), k=1) * (np.arange(len(x0)) < len(x0) - 1)[:, None]
         # no bounds: scipy's bounded line search golden-sections the whole box and misses the
         # narrow valleys; the box is kept by clipping in f (flat outside)
+        from scipy.optimize import minimize  # here: `import genflow` does not pay for scipy.optimize
+
         minimize(f, x0, method="Powell", options={"maxfev": iterations, "xtol": 1e-3, "ftol": 1e-6, "direc": moves})
     bar.close()
     return best[0], best[1]

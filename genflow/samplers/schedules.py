@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from genflow.processes.base import GaussianPath
-from genflow.utils import write_atomically
+from genflow.utils import strict_json, write_atomically
 
 FORMAT, VERSION = "genflow-schedule", 1
 #: Options that describe a grid: a learned file replaces them all, so they are not matched.
@@ -36,17 +36,8 @@ def fingerprint(process: GaussianPath) -> dict[str, Any]:
             "log_snr": [round(v, 10) for v in process.log_snr(at).tolist()]}
 
 
-def plain(value: Any) -> Any:
-    """``value`` as JSON holds it: tuples as lists, non-finite floats as "inf", "-inf", "nan"."""
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def _number(value: Any) -> Any:
-    """The inverse of ``plain`` for one setting: "inf", "-inf" and "nan" back to floats."""
+    """The inverse of ``strict_json`` for one setting: "inf", "-inf" and "nan" back to floats."""
     return float(value) if value in ("inf", "-inf", "nan") else value
 
 
@@ -86,7 +77,7 @@ class LearnedSchedule:
 
     def save(self, path: str | Path) -> Path:
         """Write the schedule as JSON, atomically (a crash never leaves half a file)."""
-        text = json.dumps(plain({"format": FORMAT, "version": VERSION, **dataclasses.asdict(self)}), indent=2,
+        text = json.dumps(strict_json({"format": FORMAT, "version": VERSION, **dataclasses.asdict(self)}), indent=2,
                           allow_nan=False) + "\n"
         write_atomically(path, lambda f: f.write(text.encode()))
         return Path(path)
@@ -102,7 +93,7 @@ class LearnedSchedule:
             raise ValueError(f"{where} was learned for {self.steps} steps ({self.nfe} NFE); pass steps="
                              f"{self.steps}, not {settings.get('steps')}")
         for key, value in self.settings.items():
-            if key in settings and key not in GRID_OPTIONS and plain(settings[key]) != plain(value):
+            if key in settings and key not in GRID_OPTIONS and strict_json(settings[key]) != strict_json(value):
                 raise ValueError(f"{where} was learned with {key}={value!r}; this sampler has "
                                  f"{key}={settings[key]!r}")
 

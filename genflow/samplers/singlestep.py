@@ -59,6 +59,8 @@ class DPMSolver(_GridOptions):
     predicted x0). A flow's first step, from s = inf, is DDIM (order 1)."""
 
     name: ClassVar[str] = "dpm_solver"
+    #: Its levels follow from the NFE budget: no given or learned grid (make refuses these options).
+    withheld: ClassVar[tuple[str, ...]] = ("sigmas", "times", "schedule_file")
     steps: int = option(20, "the NFE budget, not the steps: steps of order `order` and a last one or two of "
                         "lower order spend exactly this many evaluations (with denoise, the last is the step "
                         "to s = 0)", min=1)
@@ -70,10 +72,9 @@ class DPMSolver(_GridOptions):
                              "sigma_max) a DDIM step of its own (always for a flow, where s(t_max) = inf)")
 
     def check(self, process: GaussianPath) -> None:
-        if self.sigmas is not None or self.times is not None or self.schedule_file is not None \
-                or self.schedule == "learned":
-            raise ValueError(f"sampler {self.name!r}: takes no given or learned grid (sigmas, times, schedule_file); "
-                             f"its levels follow from the NFE budget (steps) and the schedule (logsnr, karras, time)")
+        if self.schedule == "learned":
+            raise ValueError(f"sampler {self.name!r}: takes no learned grid; its levels follow from the NFE "
+                             f"budget (steps) and the schedule (logsnr, karras, time)")
         super().check(process)
 
     def plan(self, process: GaussianPath) -> tuple[list[int], NoiseGrid]:

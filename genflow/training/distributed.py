@@ -136,24 +136,21 @@ def agree_max(values: list[int], device: torch.device) -> list[int]:
     return out.tolist()
 
 
-class PeerFailed(RuntimeError):
-    """Another rank failed (it printed its own reason); this rank stops too."""
-
-
-def agree(step: Callable[[], object], device: torch.device):
-    """``step()`` on every rank, then one all-reduce of a failure flag: when any rank raised, every
-    rank raises (its own error, else ``PeerFailed`` naming the lowest failing rank), so none waits
-    in a later collective for a peer that gave up. ``step()``'s result on one process."""
+def agree(step: Callable[[], object], usage: tuple[type, ...] = (ValueError, TypeError)):
+    """``step()`` on every rank, then one gather of the failures: when it raised on any rank, every
+    rank raises the first failing rank's error as one line, ``rank R: ...`` (a ValueError for the
+    ``usage`` kinds, an exit-2 usage error in the CLIs; else a RuntimeError, exit 1), so no rank
+    waits in a later collective for a peer that has left, and all exit alike. ``step()``'s result
+    on this rank (not gathered); with one process an error is raised as it is."""
     try:
         result, error = step(), None
-    except Exception as err:  # noqa: BLE001 (re-raised below, after the peers know)
-        result, error = None, err
-    world, rank = (dist.get_world_size(), dist.get_rank()) if active() else (1, 0)
-    lowest = agree_max([world - rank if error is not None else 0], device)[0]  # world - the lowest failing rank
-    if error is not None:
-        raise error
-    if lowest:
-        raise PeerFailed(f"rank {world - lowest} failed (its own line says why); rank {rank} stopped with it")
+    except Exception as err:  # noqa: BLE001 - handed to every rank, then raised
+        if not active():
+            raise
+        result, error = None, (isinstance(err, usage), one_line(err))
+    for rank, failed in enumerate(gather_objects(error)):
+        if failed is not None:
+            raise (ValueError if failed[0] else RuntimeError)(f"rank {rank}: {failed[1]}")
     return result
 
 
@@ -167,22 +164,8 @@ def gather_objects(obj) -> list:
 
 
 def gather_checked(work: Callable[[], object], usage: tuple[type, ...] = (ValueError, TypeError)) -> list:
-    """Every rank's ``work()``, in rank order. Where it raised on any rank, every rank raises the
-    first failing rank's error as one line (a ValueError for the ``usage`` kinds, else a
-    RuntimeError), so no rank waits in a later collective for a peer that has left. With one
-    process the error is raised as it is."""
-    try:
-        out = (None, work())
-    except Exception as err:  # noqa: BLE001 - handed to every rank, then raised
-        if not active():
-            raise
-        out = ((isinstance(err, usage), one_line(err)), None)
-    outs = gather_objects(out)
-    for rank, (error, _) in enumerate(outs):
-        if error is not None:
-            kind = ValueError if error[0] else RuntimeError
-            raise kind(f"rank {rank}: {error[1]}")
-    return [value for _, value in outs]
+    """Every rank's ``work()``, in rank order, failing on every rank as ``agree`` does (small results only)."""
+    return gather_objects(agree(work, usage))
 
 
 def cleanup(wait: bool = True) -> None:
