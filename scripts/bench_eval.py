@@ -27,6 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_fd import bench_fd  # noqa: E402  (one copy of the FD timing)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,21 +58,6 @@ def sample(ckpt: Path, out: Path, world: int, num: int, batch: int, threads: int
     return {**info, "command_s": time.perf_counter() - start}
 
 
-def fd_on_features(n: int = 10_000, dim: int = 2048) -> float:
-    """FD on 10,000 features: the seconds of ``gaussian_statistics`` on two sets of ``n`` x ``dim``
-    features plus ``frechet_distance`` (float64, as genflow-eval computes it). Random features: the
-    cost does not depend on the values. (The eval side's distributed feature gather belongs here.)"""
-    from genflow.metrics import frechet_distance, gaussian_statistics
-
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, dim, generator=gen), torch.randn(n, dim, generator=gen) + 0.1
-    start = time.perf_counter()
-    value = frechet_distance(*gaussian_statistics(a), *gaussian_statistics(b))
-    seconds = time.perf_counter() - start
-    print(f"FD on {n:,} x {dim} features: {seconds:.2f} s (FD {value:.4f})")
-    return seconds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt", type=Path, default=None, help="a checkpoint of the default digits config")
@@ -95,7 +83,9 @@ def main() -> None:
             x = np.load(out / "samples.npz")["samples"]
             first = x if first is None else first
             assert np.array_equal(x, first), f"world {world} drew other samples than world {args.worlds[0]}"
-    fd_on_features(10_000, dim)
+    print(f"Fréchet distance on 10,000 x {dim} features (scripts/bench_fd.py's phases, best of 1):")
+    for phase, seconds in bench_fd(10_000, dim):
+        print(f"  {phase}: {seconds:.2f} s")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ The phases genflow-eval fd runs once the features exist: the samples' mean and c
 (``gaussian_statistics``, float64), then the distance to reference statistics
 (``frechet_distance_to_statistics``: two symmetric eigendecompositions of D x D matrices; with
 N - 1 < D one of N x N instead). Random features stand in for Inception's (the time does not
-depend on the values). The lead folds this into scripts/bench_eval.py.
+depend on the values). scripts/bench_eval.py prints the same phases after its sampling rows.
 
     python scripts/bench_fd.py [--num 10000] [--dims 2048] [--repeats 1] [--threads 1]
 """

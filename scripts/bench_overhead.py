@@ -30,8 +30,7 @@ from collections.abc import Callable
 import torch
 
 from genflow.nets import UNet
-from genflow.processes import DDPM
-from genflow.processes import VPSDE
+from genflow.processes import DDPM, VPSDE
 from genflow.samplers import NoiseSource, run
 
 STEPS = 50

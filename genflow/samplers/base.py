@@ -135,5 +135,5 @@ class Sampler:
         return {f.name: f for f in dataclasses.fields(cls) if f.name != "steps" and f.name not in cls.withheld}
 
     def settings(self) -> dict[str, Any]:
-        """Every option's value as used, ``steps`` included."""
-        return dataclasses.asdict(self)
+        """Every option's value as used, ``steps`` included (the ``withheld`` fields are not options)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.withheld}

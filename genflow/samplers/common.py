@@ -131,7 +131,7 @@ class CountingModel:
         else:
             out_c, out_u = self.model(torch.cat([x, x]), torch.cat([t, t]), **self.pairs).chunk(2)
             out = out_c + self.guidance * (out_c - out_u)
-        self.calls.append((t[:1], torch.isfinite(x).all() & torch.isfinite(out).all()))
+        self.calls.append((t[:1], torch.isfinite(_total(x) + _total(out))))
         return self.process.to_hub(out, x, shared_time(t), coefficients=coefficients)
 
     def velocity(self, x: Tensor, t: Tensor) -> Tensor:
@@ -142,6 +142,14 @@ class CountingModel:
     def first_nonfinite(self) -> tuple[int, float] | None:
         """The first evaluation (1-based) whose input or output was not finite, and its time."""
         return next(((i + 1, float(t)) for i, (t, ok) in enumerate(self.calls) if not bool(ok)), None)
+
+
+def _total(x: Tensor) -> Tensor:
+    """The sum of ``x``'s values in at least float32: not finite exactly when some value is NaN or
+    inf, or the finite values sum past float32's range (|sum| > 3e38, samples already far out of
+    range). One reduction to a scalar: at 256 x 3x32x32 on the CPU about 16x cheaper than
+    ``isfinite(x).all()`` (BENCHMARKS.md)."""
+    return x.sum(dtype=torch.promote_types(x.dtype, torch.float32))
 
 
 class NonFiniteSamples(RuntimeError):
