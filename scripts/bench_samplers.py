@@ -139,19 +139,24 @@ def quality_table(n: int, seeds: int, rows) -> None:
     print(f"## Quality on exact scores: n={n} samples, {seeds} seeds, float64\n")
     print("| target | process | sampler | steps | NFE | nll_gap (nats) | sw | floor | wall (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
+    for tname, target, (entropy, true_sets, floor, g), pname, process, model in problems(n, seeds):
+        for sampler, steps, options in rows:
+            if sampler == "ddpm" and not process.discrete:
+                continue  # ancestral DDPM needs discrete steps
+            m = measure(model, process, target, entropy, true_sets, g, n, seeds, sampler, steps, options)
+            label = sampler + "".join(f" {k}={v}" for k, v in options.items() if k not in ("rtol", "atol"))
+            print(f"| {tname} | {pname} | {label} | {steps} | {m['nfe']} | {spread(m['gaps'])} | "
+                  f"{spread(m['sws'])} | {spread(floor)} | {statistics.fmean(m['walls']):.2f} |", flush=True)
+
+
+def problems(n: int, seeds: int):
+    """Every (target name, target, its truth(), process name, process, the exact model) of the table."""
     for tname, make_target in TARGETS.items():
         target = make_target()
-        entropy, true_sets, floor, g = truth(target, n, seeds)
+        known = truth(target, n, seeds)
         for pname, make_process in PROCESSES.items():
             process = make_process()
-            model = target.model(process)
-            for sampler, steps, options in rows:
-                if sampler == "ddpm" and not process.discrete:
-                    continue  # ancestral DDPM needs discrete steps
-                m = measure(model, process, target, entropy, true_sets, g, n, seeds, sampler, steps, options)
-                label = sampler + "".join(f" {k}={v}" for k, v in options.items() if k not in ("rtol", "atol"))
-                print(f"| {tname} | {pname} | {label} | {steps} | {m['nfe']} | {spread(m['gaps'])} | "
-                      f"{spread(m['sws'])} | {spread(floor)} | {statistics.fmean(m['walls']):.2f} |", flush=True)
+            yield tname, target, known, pname, process, target.model(process)
 
 
 def measure(model, process, target, entropy, true_sets, g, n, seeds, sampler, steps, options, teacher=None) -> dict:
@@ -193,27 +198,22 @@ def learned_table(n: int, seeds: int, draws: int, iterations: int) -> None:
           f"{iterations} evaluations at most), rows on n={n} held-out samples, {seeds} seeds, float64\n")
     print("| target | process | sampler | NFE | schedule | nll_gap (nats) | sw | floor | dist to teacher | learn (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for tname, make_target in TARGETS.items():
-        target = make_target()
-        entropy, true_sets, floor, g = truth(target, n, seeds)
-        for pname, make_process in PROCESSES.items():
-            process = make_process()
-            model = target.model(process)
-            teacher = [run(model, process, sampler=DEFAULT_TEACHER["sampler"], steps=DEFAULT_TEACHER["steps"],
-                           shape=(n, target.dim), generator=torch.Generator().manual_seed(s), dtype=F64).samples
-                       for s in range(seeds)]
-            for sampler, nfe in [(a, b) for b in LEARNED_NFE for a in LEARNED_SAMPLERS]:
-                start = time.perf_counter()
-                learned = learn_schedule(model, process, sampler=sampler, nfe=nfe, shape=(target.dim,), draws=draws,
-                                         seed=LEARN_SEED, iterations=iterations, dtype=F64, progress=False)
-                took = time.perf_counter() - start
-                for name in (*SCHEDULES, "learned"):
-                    options = {"sigmas": learned.sigmas} if name == "learned" else {"schedule": name}
-                    m = measure(model, process, target, entropy, true_sets, g, n, seeds, sampler, learned.steps,
-                                options, teacher)
-                    print(f"| {tname} | {pname} | {sampler} | {m['nfe']} | {name} | {spread(m['gaps'])} | "
-                          f"{spread(m['sws'])} | {spread(floor)} | {spread(m['dists'])} | "
-                          f"{took if name == 'learned' else 0:.1f} |", flush=True)
+    for tname, target, (entropy, true_sets, floor, g), pname, process, model in problems(n, seeds):
+        teacher = [run(model, process, sampler=DEFAULT_TEACHER["sampler"], steps=DEFAULT_TEACHER["steps"],
+                       shape=(n, target.dim), generator=torch.Generator().manual_seed(s), dtype=F64).samples
+                   for s in range(seeds)]
+        for sampler, nfe in [(a, b) for b in LEARNED_NFE for a in LEARNED_SAMPLERS]:
+            start = time.perf_counter()
+            learned = learn_schedule(model, process, sampler=sampler, nfe=nfe, shape=(target.dim,), draws=draws,
+                                     seed=LEARN_SEED, iterations=iterations, dtype=F64, progress=False)
+            took = time.perf_counter() - start
+            for name in (*SCHEDULES, "learned"):
+                options = {"sigmas": learned.sigmas} if name == "learned" else {"schedule": name}
+                m = measure(model, process, target, entropy, true_sets, g, n, seeds, sampler, learned.steps,
+                            options, teacher)
+                print(f"| {tname} | {pname} | {sampler} | {m['nfe']} | {name} | {spread(m['gaps'])} | "
+                      f"{spread(m['sws'])} | {spread(floor)} | {spread(m['dists'])} | "
+                      f"{took if name == 'learned' else 0:.1f} |", flush=True)
 
 
 def overhead_table(repeats: int) -> None:
