@@ -23,8 +23,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def guarded(prog: str, work: Callable[[], str | None]) -> int:
-    """Run ``work`` and print what it returns (nothing for None: a rank other than 0). Bad input ends in one line and exit 2; a checkpoint
-    that cannot be used, a missing file or a failed run in one line and exit 1."""
+    """Run ``work`` and print what it returns (nothing for None: a rank other than 0). Bad input ends
+    in one line and exit 2; a checkpoint that cannot be used, a missing file or a failed run in one
+    line and exit 1. The line is one write with its newline: under torchrun the ranks share stderr,
+    and a print's two writes (text, then newline) can interleave into one line (seen on torch 2.4)."""
     from genflow.threads import set_cpu_threads
     from genflow.training.checkpoint import CheckpointError
 
@@ -32,14 +34,18 @@ def guarded(prog: str, work: Callable[[], str | None]) -> int:
     try:
         message = work()
     except (UsageError, ValueError, TypeError) as err:
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-        return 2
+        return _error_line(prog, err, 2)
     except (CheckpointError, OSError, KeyError, RuntimeError) as err:  # OSError: missing, unwritable, disk full
-        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
-        return 1
+        return _error_line(prog, err, 1)
     if message is not None:
         print(message)
     return 0
+
+
+def _error_line(prog: str, err: BaseException, code: int) -> int:
+    sys.stderr.write(f"{prog}: error: {one_line(err)}\n")
+    sys.stderr.flush()
+    return code
 
 
 def check_seed(seed: int) -> int:
