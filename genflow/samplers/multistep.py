@@ -50,6 +50,37 @@ from genflow.samplers.solvers import _coefficients, _GridOptions
 IPNDM_WEIGHTS = ((1.0,), (1.5, -0.5), (23 / 12, -16 / 12, 5 / 12), (55 / 24, -59 / 24, 37 / 24, -9 / 24))
 
 
+def _gamma_p(k: int, x: float) -> float:
+    """P(k + 1, x), the regularized lower incomplete gamma function, x >= 0 (+inf allowed): by its
+    series of positive terms e^-x x^(k+1) sum_n x^n / (k+1+n)! where x is small (no cancellation),
+    else 1 - e^-x sum_{m<=k} x^m/m!."""
+    if x == math.inf:
+        return 1.0
+    if x > 40.0:
+        return 1.0 - math.exp(-x) * sum(x**m / math.factorial(m) for m in range(k + 1))
+    term = x ** (k + 1) / math.factorial(k + 1)
+    total, n = 0.0, 0
+    while term > 1e-17 * total or n == 0:
+        total, n = total + term, n + 1
+        term *= x / (k + 1 + n)
+    return math.exp(-x) * total
+
+
+def log_adams_weights(nodes: list[float], start: float, end: float) -> list[float]:
+    """The integral over s from ``start`` to ``end`` (>= 0) of each Lagrange basis polynomial in
+    log s through the ``nodes``' log s (newest first, ``start`` the newest): DEIS's rho-AB weights
+    (Zhang & Chen 2023; diffusers' ``solver_type="logrho"``), exact in closed form. In
+    v = (log s - log start)/H, H the nodes' spread in log s, s = start e^(H v), they are the w with
+    sum_j w_j v_j^k = integral of v^k ds = -start k! (-1/H)^k P(k + 1, log(start/end)), P the
+    regularized incomplete gamma function (end = 0: P = 1)."""
+    logs = np.log(np.asarray(nodes, dtype=np.float64))
+    spread = logs[-1] - logs[0] if len(nodes) > 1 else 1.0
+    v = (logs - logs[0]) / spread
+    x = math.inf if end == 0 else math.log(start / end)
+    moments = [-start * math.factorial(k) * (-1 / spread) ** k * _gamma_p(k, x) for k in range(len(nodes))]
+    return np.linalg.solve(np.vander(v, len(nodes), increasing=True).T, moments).tolist()
+
+
 def adams_weights(nodes: list[float], start: float, end: float) -> list[float]:
     """The integral from ``start`` to ``end`` of each Lagrange basis polynomial through ``nodes``
     (newest first): the Adams-Bashforth weights on a non-uniform grid, exact. They are the w that
@@ -98,12 +129,16 @@ class _Multistep(_GridOptions):
 class LMS(_Multistep):
     """Linear multistep (Karras et al. 2022; k-diffusion's ``sample_lms``): Adams-Bashforth of
     order ``order`` on eps in s, its weights the exact integrals of the Lagrange basis over each
-    step of the non-uniform grid. One NFE per step; fitted order 3.6-3.8 at ``order`` = 4."""
+    step of the non-uniform grid. One NFE per step; fitted order 3.6-3.8 at ``order`` = 4. With
+    ``basis="log_s"`` the eps history is a polynomial in log s instead, integrated exactly over ds
+    (DEIS's rho-AB, Zhang & Chen 2023; diffusers' DEIS with ``solver_type="logrho"``)."""
 
     name: ClassVar[str] = "lms"
+    basis: str = option("s", "the variable eps is interpolated in: s (Adams, k-diffusion's lms) or log_s "
+                        "(DEIS's rho-AB)", choices=("s", "log_s"))
 
     def weights(self, nodes: list[float], start: float, end: float) -> list[float]:
-        return adams_weights(nodes, start, end)
+        return (log_adams_weights if self.basis == "log_s" else adams_weights)(nodes, start, end)
 
 
 @dataclass(frozen=True)
