@@ -135,7 +135,7 @@ def test_run_is_the_formula_written_out(name, sampler, weights, denoise, final):
     x = start(n=16, scale=process.prior_std())
     steps = 7
     grid = noise_grid(process, steps, "karras", to_data=denoise)
-    basis = dict(basis="log_s") if sampler == "lms_log_s" else {}
+    basis = dict(basis="log_s" if sampler == "lms_log_s" else "s") if sampler.startswith("lms") else {}
     out = run(gaussian().model(process), process, sampler=sampler.removesuffix("_log_s"), steps=steps, noise=x,
               schedule="karras", denoise=denoise, lower_order_final=final, order=4, **basis)
     assert out.nfe == steps
@@ -238,7 +238,7 @@ def test_a_bad_basis_is_refused_in_one_line_and_shows_in_help():
     with pytest.raises(ValueError, match="^sampler 'lms': basis must be one of s, log_s; got 'log'$"):
         run(gaussian().model(process), process, sampler="lms", steps=4, shape=(2, 2), basis="log")
     assert "log_s" in parser().format_help() and parser().parse_args(["--ckpt", "x.pt", "--basis", "log_s"]).basis == "log_s"
-    assert LMS(steps=4).basis == "s"
+    assert LMS(steps=4).basis == "log_s" and LMS(steps=4).order == 3
 
 
 def test_classes_are_registered_with_their_names():
