@@ -11,7 +11,9 @@ with order min(``order``, i + 1) on the warm-up (lower-order start, no extra NFE
 predicted x0 (as DDIM's and EDM's last step).
 
 - ``lms``: linear multistep with the Adams weights w_j integrated exactly on the non-uniform grid
-  (Karras et al. 2022, sec. 3; k-diffusion's ``sample_lms``).
+  (Karras et al. 2022, sec. 3; k-diffusion's ``sample_lms``); with ``basis="log_s"`` (default)
+  the polynomial is in log s, still integrated over ds exactly: w_j = integral of L_j(log s) ds
+  (DEIS's rho-AB, Zhang & Chen 2023; diffusers' DEIS ``logrho``).
 - ``ipndm``: improved PNDM (Zhang & Chen 2023, DEIS, sec. 4 and App.): the fixed Adams-Bashforth
   weights of uniform steps (1; 3/2, -1/2; 23/12, -16/12, 5/12; 55/24, -59/24, 37/24, -9/24)
   times the step length s_{i+1} - s_i, whatever the grid. Only on a grid uniform in s is it of
