@@ -26,6 +26,7 @@ samples (dpmpp_2m, 200 steps) from the same prior draws, the objective the grid 
     python scripts/bench_samplers.py --learned  # the learned-schedule table only
     python scripts/bench_samplers.py --quick    # fewer rows and seeds
     python scripts/bench_samplers.py --few-steps --n 2000 --seeds 3   # 5-20 NFE settings (issue 15)
+    python scripts/bench_samplers.py --basis --n 2000 --seeds 3       # lms in s against log s (DEIS)
 """
 
 from __future__ import annotations
@@ -124,6 +125,9 @@ FEW_STEP_SETTINGS = [
 FEW_STEP_ROWS = [(sampler, nfe, options) for nfe in BUDGETS for sampler, options in FEW_STEP_SETTINGS]
 ROWS += [(sampler, nfe, {}) for nfe in BUDGETS for sampler in ("dpmpp_2m", "dpmpp_3m", "lms", "ipndm", "unipc",
                                                                "dpm_solver") if (sampler, nfe, {}) not in ROWS]
+#: lms's interpolation variable (issue 15, DEIS's rho-AB): s against log s at orders 2-4 on two grids.
+BASIS_ROWS = [("lms", nfe, {"basis": basis, "order": order, "schedule": schedule}) for nfe in (5, 10, 20)
+              for schedule in ("logsnr", "karras") for order in (2, 3, 4) for basis in ("s", "log_s")]
 QUICK_ROWS = [r for r in ROWS if (r[0], r[1]) in {("ddpm", 1000), ("ddim", 20), ("ddim", 100), ("pc", 100), ("ode", 50),
                                                   ("dpmpp_2m", 20), ("lms", 20), ("ipndm", 20),
                                                   ("heun", 18)}]
@@ -266,6 +270,8 @@ def main() -> None:
     parser.add_argument("--few-steps", action="store_true",
                         help="the few-step rows instead (5-20 NFE, final-step and 3M-weight settings; "
                              "no overhead table)")
+    parser.add_argument("--basis", action="store_true",
+                        help="lms basis=s against basis=log_s rows instead (5, 10, 20 NFE; no overhead table)")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--only", nargs="+", default=None, metavar="SAMPLER",
                         help="quality rows of these samplers only (e.g. --only dpmpp_2m heun)")
@@ -281,13 +287,13 @@ def main() -> None:
         learned_table(args.n, args.seeds, args.draws, args.iterations)
         return
     if not args.skip_quality:
-        rows = FEW_STEP_ROWS if args.few_steps else QUICK_ROWS if args.quick else ROWS
+        rows = BASIS_ROWS if args.basis else FEW_STEP_ROWS if args.few_steps else QUICK_ROWS if args.quick else ROWS
         rows = [r for r in rows if args.only is None or r[0] in args.only]
         if args.quick:
             quality_table(1000, 2, rows)
         else:
             quality_table(args.n, args.seeds, rows)
-    if not args.few_steps:
+    if not (args.few_steps or args.basis):
         overhead_table(args.repeats)
 
 

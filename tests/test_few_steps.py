@@ -90,9 +90,9 @@ def test_ipndm_with_equal_steps_in_s_is_lms_and_of_fourth_order_once_asymptotic(
     for n in steps:
         grid = uniform_in_s(process, n)
         x_top = exact_flow(process, x, process.t_max, grid.times[0])
-        outs = [on_grid(cls, grid, lower_order_final=False, order=4)(CountingModel(model, process, {}), process, x_top,
-                                                            NoiseSource(len(x), 0, x.device, x.dtype), iter)
-                for cls in (IPNDM, LMS)]
+        outs = [on_grid(cls, grid, lower_order_final=False, order=4, **basis)(CountingModel(model, process, {}), process,
+                                                                      x_top, NoiseSource(len(x), 0, x.device, x.dtype), iter)
+                for cls, basis in ((IPNDM, {}), (LMS, {"basis": "s"}))]
         assert torch.allclose(outs[0], outs[1], rtol=1e-10, atol=1e-12)
         errors.append((outs[0] - exact_flow(process, x_top, grid.times[0], grid.times[-1])).abs().max().item())
     fitted = fitted_order(steps, errors)
