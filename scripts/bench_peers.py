@@ -55,7 +55,7 @@ from genflow.testing import GaussianMixture
 from genflow.utils import append_dims
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_samplers import TARGETS  # noqa: E402  (the same mixtures)
+from bench_samplers import HELD_OUT, LEARN_SEED, TARGETS  # noqa: E402  (the same mixtures)
 
 F64 = torch.float64
 T = 1000
@@ -212,6 +212,32 @@ def run_genflow(setting: tuple[str, dict], target, process, x_t: Tensor, nfe: in
     return out.samples, out.nfe
 
 
+def learned_settings(samplers: list[str]) -> dict[str, tuple[str, dict]]:
+    """``--learned``: each named sampler on a grid learned for the problem and budget at hand."""
+    return {f"gf {name} learned": (name, {"learned": True}) for name in samplers}
+
+
+LEARNED_GRIDS: dict[tuple, tuple] = {}  # (target dim, process, sampler, nfe) -> (LearnedSchedule, seconds)
+
+
+def run_learned(setting: tuple[str, dict], target, process, x_t: Tensor, nfe: int) -> tuple[Tensor, int]:
+    """The sampler on a grid ``learn_schedule`` fitted for this model and budget, with its default
+    settings, on draws of seed LEARN_SEED (not the eval seeds), once per problem and budget: data-free,
+    from the model alone, as a user would learn one (genflow-learn-schedule)."""
+    from genflow.samplers import learn_schedule
+
+    sampler, _ = setting
+    key = (target.dim, repr(process), sampler, nfe)
+    if key not in LEARNED_GRIDS:
+        start = time.perf_counter()
+        grid = learn_schedule(target.model(process), process, sampler=sampler, nfe=nfe, shape=(target.dim,),
+                              seed=LEARN_SEED, dtype=F64, progress=False)
+        LEARNED_GRIDS[key] = (grid, time.perf_counter() - start)
+    learned = LEARNED_GRIDS[key][0]
+    out = run(target.model(process), process, sampler=sampler, steps=learned.steps, noise=x_t, sigmas=learned.sigmas)
+    return out.samples, out.nfe
+
+
 # ----------------------------------------------------------------- the table
 def spread(values: list[float], sign: str = "+") -> str:
     mean = statistics.fmean(values)
@@ -219,7 +245,7 @@ def spread(values: list[float], sign: str = "+") -> str:
     return f"{mean:{sign}.3f} ± {sd:.3f}"
 
 
-def bench(n: int, seeds: int, budgets: list[int], only: str | None) -> list[dict]:
+def bench(n: int, seeds: int, budgets: list[int], only: str | None, learned: list[str]) -> list[dict]:
     k = load_k_sampling()
     try:
         peers = {**({f: (run_k, s) for f, s in k_settings(k).items()} if k else {}),
@@ -228,12 +254,11 @@ def bench(n: int, seeds: int, budgets: list[int], only: str | None) -> list[dict
         peers = {f: (run_k, s) for f, s in k_settings(k).items()} if k else {}
     if not peers:
         print("neither k-diffusion nor diffusers is installed: genflow's rows alone (pip install genflow[bench])")
-    settings = {**{f: (run_genflow, s) for f, s in genflow_settings().items()}, **peers}
+    settings = {**{f: (run_genflow, s) for f, s in genflow_settings().items()},
+                **{f: (run_learned, s) for f, s in learned_settings(learned).items()}, **peers}
     rows = []
     print("| target | process | NFE | setting | nll_gap | sw | floor |\n|---|---|---|---|---|---|---|")
-    for tname, make_target in TARGETS.items():
-        if only and only != tname:
-            continue
+    for tname, make_target in ({only: {**TARGETS, **HELD_OUT}[only]} if only else TARGETS).items():
         target = make_target()
         big = target.sample(200_000, generator=torch.Generator().manual_seed(10**6))
         entropy = -target.log_prob(big).mean().item()
@@ -267,25 +292,41 @@ def bench(n: int, seeds: int, budgets: list[int], only: str | None) -> list[dict
     return rows
 
 
-def best(rows: list[dict], peer: bool) -> dict | None:
-    """The smallest |nll_gap| among the rows whose sw is within 1.5x the floor (NFE within budget)."""
+def best(rows: list[dict], peer: bool, learned: bool = True) -> dict | None:
+    """The smallest |nll_gap| among the rows whose sw is within 1.5x the floor (NFE within budget);
+    genflow's with or without its learned grids."""
     ok = [r for r in rows if r["setting"].startswith(("kd", "df")) == peer and r["sw"] <= 1.5 * r["floor"]
-          and r["used"] <= r["nfe"]]
+          and r["used"] <= r["nfe"] and (learned or not r["setting"].endswith(" learned"))]
     return min(ok, key=lambda r: abs(r["gap"])) if ok else None
 
 
 def summary(rows: list[dict], budgets: list[int]) -> None:
+    """Best per budget: genflow on its fixed grids, and (with ``--learned`` rows) with its learned
+    grids too, against the best peer setting."""
+    learned = any(r["setting"].endswith(" learned") for r in rows)
     print("\n## Best at each budget (|nll_gap| among settings with sw <= 1.5 x floor)\n")
-    print("| target | process | NFE | genflow best | gap / sw | peer best | gap / sw | genflow wins |")
-    print("|---|---|---|---|---|---|---|---|")
-    keys = sorted({(r["target"], r["process"]) for r in rows}, key=lambda k: (list(TARGETS).index(k[0]), k[1]))
+    cols = ["genflow best (fixed grids)", "gap / sw"] + ["genflow best (learned grids too)", "gap / sw"] * learned
+    cols += ["peer best", "gap / sw", "genflow wins"] + ["wins with learned grids"] * learned
+    print(f"| target | process | NFE | {' | '.join(cols)} |\n|{'---|' * (3 + len(cols))}")
+    names = [*TARGETS, *HELD_OUT]
+    keys = sorted({(r["target"], r["process"]) for r in rows}, key=lambda k: (names.index(k[0]), k[1]))
+
+    def cell(r: dict | None) -> list[str]:
+        return ["none", "-"] if r is None else [r["setting"], f"{r['gap']:+.3f} / {r['sw']:.3f}"]
+
+    def wins(g: dict | None, p: dict | None) -> str:
+        return "-" if g is None or p is None else ("yes" if abs(g["gap"]) <= abs(p["gap"]) else "no")
+
     for tname, pname in keys:
         for nfe in budgets:
             mine = [r for r in rows if (r["target"], r["process"], r["nfe"]) == (tname, pname, nfe)]
-            g, p = best(mine, False), best(mine, True)
-            cell = lambda r: ("none", "-") if r is None else (r["setting"], f"{r['gap']:+.3f} / {r['sw']:.3f}")  # noqa: E731
-            win = "-" if g is None or p is None else ("yes" if abs(g["gap"]) <= abs(p["gap"]) else "no")
-            print(f"| {tname} | {pname} | {nfe} | {cell(g)[0]} | {cell(g)[1]} | {cell(p)[0]} | {cell(p)[1]} | {win} |")
+            fixed, every, peer = best(mine, False, learned=False), best(mine, False), best(mine, True)
+            line = cell(fixed) + cell(every) * learned + cell(peer) + [wins(fixed, peer)]
+            line += [wins(every, peer)] * learned
+            print(f"| {tname} | {pname} | {nfe} | {' | '.join(line)} |")
+    for (dim, process, sampler, nfe), (grid, took) in LEARNED_GRIDS.items():
+        print(f"<!-- learned {sampler} {nfe} NFE, {dim}-D, {process}: sigmas {[round(v, 4) for v in grid.sigmas]}, "
+              f"{took:.1f} s -->")
 
 
 def main() -> None:
@@ -293,11 +334,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000, help="samples per run")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--nfe", type=int, nargs="+", default=[5, 6, 8, 10, 15, 20], help="NFE budgets")
-    parser.add_argument("--only", choices=tuple(TARGETS), default=None, help="one target only")
+    parser.add_argument("--only", choices=(*TARGETS, *HELD_OUT), default=None,
+                        help="one target only (the held-out ones, never used to choose a default, by name only)")
+    parser.add_argument("--learned", nargs="*", default=[], metavar="SAMPLER",
+                        help="also these genflow samplers on grids learned for each problem and budget "
+                             "(learn_schedule's defaults, draws of another seed; e.g. --learned lms ipndm)")
     args = parser.parse_args()
     start = time.perf_counter()
     print(f"genflow bench_peers — torch {torch.__version__}, n={args.n}, {args.seeds} seeds, float64 oracle\n")
-    rows = bench(args.n, args.seeds, args.nfe, args.only)
+    rows = bench(args.n, args.seeds, args.nfe, args.only, args.learned)
     summary(rows, args.nfe)
     print(f"\n{time.perf_counter() - start:.0f} s")
 
