@@ -123,7 +123,7 @@ ROWS = [
     ("unipc", 20, {}),
     ("ipndm", 5, {}),
     ("ipndm", 10, {}),
-    ("ipndm", 10, {"order": 3}),
+    ("ipndm", 10, {"order": 4}),
     ("ipndm", 20, {}),
     ("heun", 5, {}),
     ("heun", 10, {}),
@@ -139,7 +139,7 @@ FEW_STEP_SETTINGS = [
     ("dpmpp_3m", {}), ("dpmpp_3m", {"lower_order_final": True}), ("dpmpp_3m", {"second_derivative": "half"}),
     ("dpmpp_3m", {"second_derivative": "half", "lower_order_final": True}),
     ("lms", {}), ("lms", {"lower_order_final": False}),
-    ("ipndm", {}), ("ipndm", {"lower_order_final": False}), ("ipndm", {"order": 3}),
+    ("ipndm", {}), ("ipndm", {"lower_order_final": True}), ("ipndm", {"order": 4}),
     ("unipc", {}), ("unipc", {"lower_order_final": False}),
     ("dpm_solver", {}), ("dpm_solver", {"jump_ddim": False}), ("dpm_solver", {"prediction": "noise"}),
 ]
