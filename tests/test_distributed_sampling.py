@@ -109,6 +109,36 @@ def test_a_failing_rank_fails_every_rank_in_one_line_and_none_hangs(toy_ckpt, tm
     assert not (tmp_path / "out" / "samples.npz").exists()
 
 
+def test_cleanup_destroys_the_group_only_after_a_collectives_tensors_are_freed():
+    """torch 2.4's Gloo teardown holds the GIL while it joins a worker that may still need the GIL
+    to free a finished collective's tensor (a hang). Here a Future stands for that worker: it holds
+    a noted tensor that Python has dropped, and a thread frees it later; cleanup must wait for it."""
+    import threading
+    import weakref
+
+    import torch.distributed as dist
+
+    from genflow.training import distributed
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        obj = {"rank 0": ("a", 1.5), "pad": b"x" * 1000}
+        assert distributed.gather_objects(obj) == [obj]
+        assert distributed.agree_max([3, 7], torch.device("cpu")) == [3, 7]
+        tensor = torch.arange(3.0)
+        holder = [torch.futures.Future()]
+        holder[0].set_result([tensor])  # a reference outside Python, as a backend thread's
+        distributed._sent(tensor)
+        freed = weakref.ref(tensor)
+        del tensor
+        assert freed() is not None  # kept alive by the Future alone
+        threading.Timer(0.2, holder.clear).start()
+    finally:
+        distributed.cleanup(wait=False)
+    assert not dist.is_initialized()
+    assert freed() is None and not distributed._IN_FLIGHT
+
+
 @pytest.fixture(scope="module")
 def digits_ckpt(tmp_path_factory) -> Path:
     """A class-conditional digits UNet (8x8, one channel) under DDPM, trained for one step."""

@@ -9,7 +9,10 @@ the single-process answer.
 from __future__ import annotations
 
 import os
+import pickle
 import re
+import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -118,13 +121,47 @@ def barrier() -> None:
         dist.barrier()
 
 
+# Tensors handed to a collective, until their memory is freed. A backend thread keeps its own
+# reference to a finished collective's tensors for a moment (Gloo's worker until the end of its
+# loop, NCCL's watchdog until its next poll); when this process has dropped its own by then, the
+# last release falls to that thread, which takes the GIL to free the Python object. Older torch
+# (2.4 at least; pytorch#154976, mid-2025, changed it) destroys a process group holding the GIL
+# while ~ProcessGroupGloo joins its workers: the worker waits for the GIL, the teardown for the
+# worker, for ever. cleanup() therefore waits, the GIL released, for this set to empty first.
+_IN_FLIGHT: set[weakref.ref] = set()
+SETTLE_LIMIT_S = 10.0  # a backend thread frees them within ms of getting the GIL (NCCL: 0.1 s polls)
+
+
+def _sent(*tensors: torch.Tensor) -> None:
+    """Note tensors given to a collective; each leaves ``_IN_FLIGHT`` when its memory is freed."""
+    for tensor in tensors:
+        _IN_FLIGHT.add(weakref.ref(tensor, _IN_FLIGHT.discard))
+
+
+def _settle(limit: float = SETTLE_LIMIT_S) -> None:
+    """Wait, the GIL released, until every tensor given to a collective is freed (see ``_IN_FLIGHT``);
+    one still held after ``limit`` seconds is held by something other than a thread wanting the GIL."""
+    deadline = time.monotonic() + limit
+    while _IN_FLIGHT and time.monotonic() < deadline:
+        time.sleep(0.001)
+    _IN_FLIGHT.clear()
+
+
+def _collective_device() -> torch.device:
+    """Where the default group's tensors live: this rank's GPU under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def mean(value: torch.Tensor) -> torch.Tensor:
     """The mean over ranks (a copy; the value itself on one process)."""
-    value = value.detach().clone()
-    if active():
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    return value
+    if not active():
+        return value.detach().clone()
+    total = value.detach().clone()
+    _sent(total)
+    dist.all_reduce(total)
+    return total / dist.get_world_size()
 
 
 def agree_max(values: list[int], device: torch.device) -> list[int]:
@@ -132,6 +169,7 @@ def agree_max(values: list[int], device: torch.device) -> list[int]:
     if not active():
         return list(values)
     out = torch.tensor(values, dtype=torch.int64, device=device)
+    _sent(out)
     dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return out.tolist()
 
@@ -155,12 +193,24 @@ def agree(step: Callable[[], object], usage: tuple[type, ...] = (ValueError, Typ
 
 
 def gather_objects(obj) -> list:
-    """Every rank's ``obj``, in rank order (pickled by torch.distributed; small objects only)."""
+    """Every rank's ``obj``, in rank order (small picklable objects only). As ``all_gather_object``:
+    the lengths of the pickles, then the pickles padded to the longest, in two all-gathers; here,
+    so that their tensors are noted for ``cleanup`` (``_IN_FLIGHT``)."""
     if not active():
         return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+    world, device = dist.get_world_size(), _collective_device()
+    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+    length = torch.tensor([len(payload)], dtype=torch.int64, device=device)
+    lengths = [torch.zeros_like(length) for _ in range(world)]
+    _sent(length, *lengths)
+    dist.all_gather(lengths, length)
+    sizes = torch.cat(lengths).tolist()
+    padded = torch.zeros(max(sizes), dtype=torch.uint8, device=device)
+    padded[: len(payload)] = payload
+    pickles = [torch.empty_like(padded) for _ in range(world)]
+    _sent(padded, *pickles)
+    dist.all_gather(pickles, padded)
+    return [pickle.loads(part[:size].cpu().numpy().tobytes()) for part, size in zip(pickles, sizes)]
 
 
 def gather_checked(work: Callable[[], object], usage: tuple[type, ...] = (ValueError, TypeError)) -> list:
@@ -171,12 +221,15 @@ def gather_checked(work: Callable[[], object], usage: tuple[type, ...] = (ValueE
 def cleanup(wait: bool = True) -> None:
     """Leave together (``wait``): a rank that tears its Gloo pairs down while a peer still uses
     them can abort ("terminate called without an active exception") instead of exiting cleanly.
-    After an error, leave at once: the peers may never reach the barrier."""
+    After an error, leave at once: the peers may never reach the barrier. Either way the group is
+    destroyed only once the collectives' tensors are freed (``_settle``): on torch < 2.8 a Gloo
+    thread still freeing one would otherwise wait for the GIL that the teardown holds (a hang)."""
     if active():
         try:
             if wait:
                 dist.barrier()
         finally:
+            _settle()
             dist.destroy_process_group()
 
 
