@@ -5,7 +5,11 @@ and VPSDE; every sampler sees the same closed-form denoiser (genflow.testing.Gau
 and starts from the same x_T = sigma(t_max) z, so what differs is the solver and its grid alone.
 Metrics as in bench_samplers.py: nll_gap (mean -log p_data minus the data entropy), sw (sliced
 W2 to a fresh true set) and its floor, mean over seeds. "best" at a budget is the setting with
-the smallest |nll_gap| among those whose sw is within 1.5x the floor (the issue's rule).
+the smallest |nll_gap| among those whose sw is within 1.5x the floor (the issue's rule); the
+summary's "paired" column is genflow's best minus the peer's best in |nll_gap| seed by seed (the same
+x_T and true set on both sides), whose spread is the comparison's own noise. genflow's logsnr and
+karras grids run twice, from EDM's 80 (the default) and over the whole path (``-full``), as the
+peers' exp80/karras80 and exp/karras: both sides choose from the same grids.
 
 Conventions (checked in tests/test_bench_peers.py):
 
@@ -63,6 +67,7 @@ PROCESSES = {"ddpm-1000": lambda: DDPM(timesteps=T), "vpsde": lambda: VPSDE()}
 #: genflow's deterministic few-step samplers; dpm_solver is picked up once it is registered
 GENFLOW = ("dpmpp_2m", "dpmpp_3m", "lms", "ipndm", "unipc", "dpm_solver")
 SCHEDULES = ("logsnr", "karras", "time")
+FULL = ("logsnr", "karras")  # also over the path's whole range, as the peers' exp and karras
 
 
 # ----------------------------------------------------------------- the peers' conventions
@@ -119,6 +124,14 @@ def eps_model(target: GaussianMixture, process) -> Callable[[Tensor, Tensor], Te
 
 
 # ----------------------------------------------------------------- one setting each
+class Problem:
+    """One target under one process, and its exact network for genflow's samplers."""
+
+    def __init__(self, name: str, target: GaussianMixture, process) -> None:
+        self.name, self.target, self.process = name, target, process
+        self.model = target.model(process)
+
+
 class Counted:
     """A callable that counts its calls (the NFE of a peer's loop)."""
 
@@ -155,8 +168,8 @@ def k_settings(k) -> dict[str, Callable]:
     return sets
 
 
-def run_k(setting: Callable, target, process, x_t: Tensor, nfe: int) -> tuple[Tensor, int]:
-    d = Counted(k_denoiser(target))
+def run_k(setting: Callable, problem: Problem, x_t: Tensor, nfe: int) -> tuple[Tensor, int]:
+    process, d = problem.process, Counted(k_denoiser(problem.target))
     alpha_top = float(process.coefficients(torch.tensor([process.t_max], dtype=F64)).alpha)
     torch.set_default_dtype(F64)  # k-diffusion builds its grids (and dpm_fast its times) in the default dtype
     try:
@@ -183,12 +196,12 @@ def diffusers_settings() -> dict[str, tuple[type, dict]]:
     return sets
 
 
-def run_diffusers(setting: tuple[type, dict], target, process, x_t: Tensor, nfe: int) -> tuple[Tensor, int]:
-    cls, options = setting
+def run_diffusers(setting: tuple[type, dict], problem: Problem, x_t: Tensor, nfe: int) -> tuple[Tensor, int]:
+    (cls, options), process = setting, problem.process
     scheduler = cls(num_train_timesteps=T, trained_betas=discrete_betas(process).tolist(),
                     prediction_type="epsilon", **options)
     scheduler.set_timesteps(nfe)
-    model = Counted(eps_model(target, process))
+    model = Counted(eps_model(problem.target, process))
     x = x_t * scheduler.init_noise_sigma
     for n in scheduler.timesteps:
         x = scheduler.step(model(x, n), n, x).prev_sample
@@ -196,45 +209,50 @@ def run_diffusers(setting: tuple[type, dict], target, process, x_t: Tensor, nfe:
 
 
 def genflow_settings() -> dict[str, tuple[str, dict]]:
-    """Each registered few-step sampler on each schedule (one default row for one without schedules)."""
+    """Each registered few-step sampler on each schedule (one default row for one without schedules);
+    logsnr and karras also over the path's whole range (``-full``: from s(t_max), as the peers'
+    ``exp`` and ``karras`` grids, beside their ``exp80`` and ``karras80``), so both sides choose
+    from the same grids."""
     sets = {}
     for name in (s for s in GENFLOW if s in SAMPLERS):
         if "schedule" in {f.name for f in dataclasses.fields(SAMPLERS[name])}:
             sets.update({f"gf {name} {sch}": (name, {"schedule": sch}) for sch in SCHEDULES})
+            sets.update({f"gf {name} {sch}-full": (name, {"schedule": sch, "full": True}) for sch in FULL})
         else:
             sets[f"gf {name}"] = (name, {})
     return sets
 
 
-def run_genflow(setting: tuple[str, dict], target, process, x_t: Tensor, nfe: int) -> tuple[Tensor, int]:
-    sampler, options = setting
-    out = run(target.model(process), process, sampler=sampler, steps=nfe, noise=x_t, **options)
+def run_genflow(setting: tuple[str, dict], problem: Problem, x_t: Tensor, nfe: int) -> tuple[Tensor, int]:
+    sampler, options = setting[0], dict(setting[1])
+    if options.pop("full", False):
+        options["sigma_max"] = scaled_sigma(problem.process, problem.process.t_max)
+    out = run(problem.model, problem.process, sampler=sampler, steps=nfe, noise=x_t, **options)
     return out.samples, out.nfe
 
 
-def learned_settings(samplers: list[str]) -> dict[str, tuple[str, dict]]:
+def learned_settings(samplers: list[str]) -> dict[str, str]:
     """``--learned``: each named sampler on a grid learned for the problem and budget at hand."""
-    return {f"gf {name} learned": (name, {"learned": True}) for name in samplers}
+    return {f"gf {name} learned": name for name in samplers}
 
 
-LEARNED_GRIDS: dict[tuple, tuple] = {}  # (target dim, process, sampler, nfe) -> (LearnedSchedule, seconds)
+LEARNED_GRIDS: dict[tuple, tuple] = {}  # (target, process, sampler, nfe) -> (LearnedSchedule, seconds)
 
 
-def run_learned(setting: tuple[str, dict], target, process, x_t: Tensor, nfe: int) -> tuple[Tensor, int]:
+def run_learned(sampler: str, problem: Problem, x_t: Tensor, nfe: int) -> tuple[Tensor, int]:
     """The sampler on a grid ``learn_schedule`` fitted for this model and budget, with its default
     settings, on draws of seed LEARN_SEED (not the eval seeds), once per problem and budget: data-free,
     from the model alone, as a user would learn one (genflow-learn-schedule)."""
     from genflow.samplers import learn_schedule
 
-    sampler, _ = setting
-    key = (target.dim, repr(process), sampler, nfe)
+    key = (problem.name, repr(problem.process), sampler, nfe)
     if key not in LEARNED_GRIDS:
         start = time.perf_counter()
-        grid = learn_schedule(target.model(process), process, sampler=sampler, nfe=nfe, shape=(target.dim,),
+        grid = learn_schedule(problem.model, problem.process, sampler=sampler, nfe=nfe, shape=(problem.target.dim,),
                               seed=LEARN_SEED, dtype=F64, progress=False)
         LEARNED_GRIDS[key] = (grid, time.perf_counter() - start)
     learned = LEARNED_GRIDS[key][0]
-    out = run(target.model(process), process, sampler=sampler, steps=learned.steps, noise=x_t, sigmas=learned.sigmas)
+    out = run(problem.model, problem.process, sampler=sampler, steps=learned.steps, noise=x_t, sigmas=learned.sigmas)
     return out.samples, out.nfe
 
 
@@ -268,6 +286,7 @@ def bench(n: int, seeds: int, budgets: list[int], only: str | None, learned: lis
                                  for s in range(seeds))
         for pname, make_process in PROCESSES.items():
             process = make_process()
+            problem = Problem(tname, target, process)
             starts = [process.prior_std() * torch.randn(n, target.dim, generator=torch.Generator().manual_seed(s),
                                                          dtype=F64) for s in range(seeds)]
             for nfe in budgets:
@@ -275,7 +294,7 @@ def bench(n: int, seeds: int, budgets: list[int], only: str | None, learned: lis
                     gaps, sws, used = [], [], 0
                     try:
                         for s in range(seeds):
-                            out, used = runner(setting, target, process, starts[s].clone(), nfe)
+                            out, used = runner(setting, problem, starts[s].clone(), nfe)
                             gaps.append(-target.log_prob(out).mean().item() - entropy)
                             sws.append(sliced_wasserstein(out, true_sets[2 * s], generator=g))
                     except (ValueError, RuntimeError) as err:  # a setting that refuses this budget
@@ -284,7 +303,7 @@ def bench(n: int, seeds: int, budgets: list[int], only: str | None, learned: lis
                     if not all(math.isfinite(v) for v in gaps + sws):
                         continue
                     row = dict(target=tname, process=pname, nfe=nfe, used=used, setting=label,
-                               gap=statistics.fmean(gaps), sw=statistics.fmean(sws), floor=floor,
+                               gap=statistics.fmean(gaps), gaps=gaps, sw=statistics.fmean(sws), floor=floor,
                                text=(spread(gaps), spread(sws, "")))
                     rows.append(row)
                     print(f"| {tname} | {pname} | {nfe}{'' if used == nfe else f' ({used})'} | {label} "
@@ -306,7 +325,8 @@ def summary(rows: list[dict], budgets: list[int]) -> None:
     learned = any(r["setting"].endswith(" learned") for r in rows)
     print("\n## Best at each budget (|nll_gap| among settings with sw <= 1.5 x floor)\n")
     cols = ["genflow best (fixed grids)", "gap / sw"] + ["genflow best (learned grids too)", "gap / sw"] * learned
-    cols += ["peer best", "gap / sw", "genflow wins"] + ["wins with learned grids"] * learned
+    cols += ["peer best", "gap / sw", "genflow wins", "paired |gap| gf - peer"]
+    cols += ["wins with learned grids", "paired, learned grids too"] * learned
     print(f"| target | process | NFE | {' | '.join(cols)} |\n|{'---|' * (3 + len(cols))}")
     names = [*TARGETS, *HELD_OUT]
     keys = sorted({(r["target"], r["process"]) for r in rows}, key=lambda k: (names.index(k[0]), k[1]))
@@ -317,15 +337,22 @@ def summary(rows: list[dict], budgets: list[int]) -> None:
     def wins(g: dict | None, p: dict | None) -> str:
         return "-" if g is None or p is None else ("yes" if abs(g["gap"]) <= abs(p["gap"]) else "no")
 
+    def paired(g: dict | None, p: dict | None) -> str:
+        """Per seed (the same x_T and true set on both sides) |gap| of genflow's best minus the
+        peer's: its spread is the noise of the comparison, far below that of either gap."""
+        if g is None or p is None:
+            return "-"
+        return spread([abs(a) - abs(b) for a, b in zip(g["gaps"], p["gaps"], strict=True)])
+
     for tname, pname in keys:
         for nfe in budgets:
             mine = [r for r in rows if (r["target"], r["process"], r["nfe"]) == (tname, pname, nfe)]
             fixed, every, peer = best(mine, False, learned=False), best(mine, False), best(mine, True)
-            line = cell(fixed) + cell(every) * learned + cell(peer) + [wins(fixed, peer)]
-            line += [wins(every, peer)] * learned
+            line = cell(fixed) + cell(every) * learned + cell(peer) + [wins(fixed, peer), paired(fixed, peer)]
+            line += [wins(every, peer), paired(every, peer)] * learned
             print(f"| {tname} | {pname} | {nfe} | {' | '.join(line)} |")
-    for (dim, process, sampler, nfe), (grid, took) in LEARNED_GRIDS.items():
-        print(f"<!-- learned {sampler} {nfe} NFE, {dim}-D, {process}: sigmas {[round(v, 4) for v in grid.sigmas]}, "
+    for (tname, process, sampler, nfe), (grid, took) in LEARNED_GRIDS.items():
+        print(f"<!-- learned {sampler} {nfe} NFE, {tname}, {process}: sigmas {[round(v, 4) for v in grid.sigmas]}, "
               f"{took:.1f} s -->")
 
 
