@@ -174,9 +174,10 @@ def quality_table(n: int, seeds: int, rows) -> None:
                   f"{spread(m['sws'])} | {spread(floor)} | {statistics.fmean(m['walls']):.2f} |", flush=True)
 
 
-def problems(n: int, seeds: int):
-    """Every (target name, target, its truth(), process name, process, the exact model) of the table."""
-    for tname, make_target in TARGETS.items():
+def problems(n: int, seeds: int, targets: dict | None = None):
+    """Every (target name, target, its truth(), process name, process, the exact model) of the table
+    (``targets``: name -> maker, by default TARGETS)."""
+    for tname, make_target in (TARGETS if targets is None else targets).items():
         target = make_target()
         known = truth(target, n, seeds)
         for pname, make_process in PROCESSES.items():
@@ -241,6 +242,31 @@ def learned_table(n: int, seeds: int, draws: int, iterations: int) -> None:
                       f"{took if name == 'learned' else 0:.1f} |", flush=True)
 
 
+def objective_table(n: int, seeds: int, draws: int, iterations: int, names: list[str]) -> None:
+    """lms at 5, 10 and 20 NFE on grids learned by each of learn_schedule's objectives, beside logsnr
+    and karras, on the project's problems and the held-out ones."""
+    from genflow.samplers import learn_schedule
+    from genflow.samplers.learn import OBJECTIVES
+
+    print(f"\n## learn_schedule's objectives: lms, learned on {draws} draws (seed {LEARN_SEED}), rows on "
+          f"n={n} held-out samples, {seeds} seeds, float64\n")
+    print("| target | process | NFE | grid | nll_gap (nats) | sw | floor | learn (s) |\n|---|---|---|---|---|---|---|---|")
+    targets = {name: {**TARGETS, **HELD_OUT}[name] for name in names}
+    for tname, target, (entropy, true_sets, floor, g), pname, process, model in problems(n, seeds, targets):
+        for nfe in (5, 10, 20):
+            grids = {name: ({"schedule": name}, 0.0) for name in ("logsnr", "karras")}
+            for objective in OBJECTIVES:
+                start = time.perf_counter()
+                learned = learn_schedule(model, process, sampler="lms", nfe=nfe, shape=(target.dim,), draws=draws,
+                                         seed=LEARN_SEED, iterations=iterations, objective=objective, dtype=F64,
+                                         progress=False)
+                grids[f"learned {objective}"] = ({"sigmas": learned.sigmas}, time.perf_counter() - start)
+            for name, (options, took) in grids.items():
+                m = measure(model, process, target, entropy, true_sets, g, n, seeds, "lms", nfe, options)
+                print(f"| {tname} | {pname} | {m['nfe']} | {name} | {spread(m['gaps'])} | {spread(m['sws'])} | "
+                      f"{spread(floor)} | {took:.1f} |", flush=True)
+
+
 def overhead_table(repeats: int) -> None:
     torch.manual_seed(0)
     net = UNet(image_size=16, in_channels=1, channels=32, channel_mult=(1, 2), num_res_blocks=1,
@@ -299,6 +325,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats for the overhead table")
     parser.add_argument("--learned", action="store_true",
                         help="only the learned-schedule table (learned grids against logsnr, karras, time)")
+    parser.add_argument("--objectives", nargs="+", default=None, metavar="TARGET",
+                        choices=(*TARGETS, *HELD_OUT),
+                        help="only the table of learn_schedule's objectives (lms, 5/10/20 NFE) on these "
+                             f"targets ({', '.join((*TARGETS, *HELD_OUT))})")
     parser.add_argument("--draws", type=int, default=256, help="draws a learned grid is fitted on")
     parser.add_argument("--iterations", type=int, default=300, help="objective evaluations per learned grid")
     args = parser.parse_args()
@@ -306,6 +336,9 @@ def main() -> None:
     print(f"genflow bench_samplers — torch {torch.__version__}, {torch.get_num_threads()} threads\n")
     if args.learned:
         learned_table(args.n, args.seeds, args.draws, args.iterations)
+        return
+    if args.objectives:
+        objective_table(args.n, args.seeds, args.draws, args.iterations, args.objectives)
         return
     if not args.skip_quality:
         rows = BASIS_ROWS if args.basis else FEW_STEP_ROWS if args.few_steps else QUICK_ROWS if args.quick else ROWS

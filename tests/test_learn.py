@@ -13,7 +13,7 @@ import torch
 
 from genflow.processes import DDPM, VPSDE
 from genflow.samplers import SCHEDULES, learn_schedule, load_schedule, run
-from genflow.samplers.learn import grid_samplers, levels_of, log_range, logits_of, mean_squared
+from genflow.samplers.learn import grid_samplers, levels_of, log_range, logits_of, mean_squared, trimmed_squared
 from genflow.samplers.solvers import scaled_sigma
 from genflow.testing import GaussianMixture
 
@@ -66,6 +66,36 @@ def test_with_fixed_ends_the_last_level_is_the_fixed_schedules():
     assert schedule.sigmas[-1] == pytest.approx(0.002, rel=1e-12) and schedule.objective["ends"] == "fixed"
     assert all(a > b for a, b in zip(schedule.sigmas, schedule.sigmas[1:]))
     assert schedule.objective["after"] < schedule.objective["before"]
+
+
+def test_the_trimmed_distance_leaves_out_the_draws_farthest_from_the_teacher():
+    """Per draw the mean squared distance per coordinate; the trimmed mean keeps the 95 % nearest
+    (19 of 20: one draw in another mode does not count), the plain mean keeps all, at least one is kept."""
+    target = torch.zeros(20, 3, 2, dtype=F64)
+    student = torch.full_like(target, 0.1)
+    student[7] = 10.0  # a draw that changed mode
+    assert trimmed_squared(student, target) == pytest.approx(0.01, rel=1e-12)
+    assert mean_squared(student, target) == pytest.approx((19 * 0.01 + 100.0) / 20, rel=1e-12)
+    student[:10] *= torch.arange(1, 11, dtype=F64).reshape(10, 1, 1)  # per draw 0.01 k^2 (draw 7: 100 * 64)
+    per_draw = sorted([0.01 * k**2 for k in range(1, 11) if k != 8] + [6400.0] + [0.01] * 10)
+    assert trimmed_squared(student, target) == pytest.approx(sum(per_draw[:19]) / 19, rel=1e-12)
+    assert trimmed_squared(student, target, keep=0.01) == pytest.approx(0.01, rel=1e-12)
+
+
+def test_learning_by_the_trimmed_distance_lowers_it_from_the_best_fixed_grid_s():
+    """objective="trimmed": the start is the fixed schedule with the smallest trimmed distance on the
+    training draws (recomputed here from the same draws), the search lowers it, the file says which."""
+    process, model, schedule = learned("vpsde", "lms", 5, iterations=60, objective="trimmed")
+    o = schedule.objective
+    assert o["objective"] == "trimmed" and "95%" in o["name"] and o["after"] < o["before"] == o["fixed"][o["start"]]
+    noise = process.prior_std() * torch.randn(128, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    target = run(model, process, sampler=TEACHER["sampler"], steps=TEACHER["steps"], noise=noise).samples
+    fixed = {name: trimmed_squared(run(model, process, sampler="lms", steps=schedule.steps, noise=noise,
+                                       schedule=name).samples, target) for name in SCHEDULES}
+    assert fixed == pytest.approx(o["fixed"], rel=1e-9) and o["start"] == min(fixed, key=fixed.get)
+    student = run(model, process, sampler="lms", steps=schedule.steps, noise=noise, **schedule.options()).samples
+    assert trimmed_squared(student, target) == pytest.approx(o["after"], rel=1e-9)
+    assert trimmed_squared(student, target) < mean_squared(student, target)
 
 
 @pytest.mark.parametrize("process_name,sampler,nfe", [("ddpm", "dpmpp_2m", 5), ("vpsde", "unipc", 5),
@@ -155,6 +185,7 @@ def test_a_bad_schedule_file_is_refused_in_one_line(ddpm_2m, tmp_path):
     (dict(sampler="ode"), "learn_schedule takes .*got 'ode'"),
     (dict(nfe=1), "learn_schedule: nfe must be an integer >= 2; got 1"),
     (dict(draws=0), "learn_schedule: draws must be an integer >= 1; got 0"),
+    (dict(objective="lpips"), "learn_schedule: objective must be one of mse, trimmed; got 'lpips'"),
     (dict(options={"sigmas": [1.0]}), "learn_schedule learns the grid; drop the grid option\\(s\\) sigmas"),
     (dict(options={"schedule": "karras"}), "learn_schedule learns the grid; drop the grid option\\(s\\) schedule$"),
     (dict(options={"order": 9}, sampler="lms"), "sampler 'lms': order must be an integer >= 1 and <= 4; got 9"),
@@ -208,10 +239,12 @@ def test_learn_a_schedule_for_a_checkpoint_and_sample_with_it(tmp_path, capsys):
                      f"run_dir={run_dir}"])).fit()
     ckpt, path = str(run_dir / "checkpoints" / "last.pt"), tmp_path / "sched" / "lms-4.json"
     assert learn_main(["--ckpt", ckpt, "--out", str(path), "--sampler", "lms", "--order", "3", "--nfe", "4",
-                       "--draws", "16", "--iterations", "20", "--teacher-steps", "20", "--no-progress"]) == 0
+                       "--draws", "16", "--iterations", "20", "--teacher-steps", "20", "--objective", "trimmed",
+                       "--no-progress"]) == 0
     assert f"wrote {path} (lms, 4 steps, 4 NFE" in capsys.readouterr().out
     schedule = load_schedule(path)
     assert schedule.settings["order"] == 3 and schedule.objective["after"] <= schedule.objective["before"]
+    assert schedule.objective["objective"] == "trimmed"
     argv = ["--ckpt", ckpt, "--sampler", "lms", "--order", "3", "--steps", "4", "--num", "8", "--no-progress"]
     assert sample_main([*argv, "--schedule-file", str(path), "--out", str(tmp_path / "a")]) == 0
     assert sample_main([*argv, "--sigmas", ",".join(map(repr, schedule.sigmas)), "--out", str(tmp_path / "b")]) == 0

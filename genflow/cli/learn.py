@@ -4,7 +4,8 @@
     genflow-sample --ckpt RUN/checkpoints/last.pt --sampler dpmpp_2m --steps 5 --schedule-file dpmpp_2m-5.json
 
 Fits the grid so that the sampler's samples at --nfe evaluations match a many-step teacher's from the
-same --draws prior draws (mean squared distance), and writes it as JSON. The sampler's own options
+same --draws prior draws (mean squared distance, or with --objective trimmed that over the 95% of
+draws nearest the teacher), and writes it as JSON. The sampler's own options
 (--order, --variant, ...) are those of genflow-sample; the grid options are what is learned.
 Exit status 2 for bad input (one line on stderr), 1 when the checkpoint cannot be used or --out cannot
 be written.
@@ -29,6 +30,9 @@ def parser() -> Parser:
     p.add_argument("--sampler", default="dpmpp_2m", help=f"{', '.join(grid_samplers())} (default dpmpp_2m)")
     p.add_argument("--nfe", type=int, default=5, help="network evaluations per sample, >= 2 (default 5)")
     p.add_argument("--draws", type=int, default=256, help="prior draws to fit on, >= 1 (default 256)")
+    p.add_argument("--objective", default="mse",
+                   help="the distance to the teacher: mse (default) or trimmed (the mean over the 95%% of draws "
+                        "nearest it: for data with many sharp modes)")
     p.add_argument("--iterations", type=int, default=300, help="objective evaluations at most, >= 0 (default 300)")
     p.add_argument("--teacher", default=DEFAULT_TEACHER["sampler"], help="the teacher's sampler (default dpmpp_2m)")
     p.add_argument("--teacher-steps", type=int, default=DEFAULT_TEACHER["steps"],
@@ -65,7 +69,8 @@ def run(args) -> str:
     options = {k: getattr(args, k) for k in sampler_options() if getattr(args, k) is not None}
     learned = learn_schedule(net, process, sampler=args.sampler, nfe=args.nfe, shape=tuple(state["data_shape"]),
                              draws=args.draws, teacher={"sampler": args.teacher, "steps": args.teacher_steps},
-                             seed=args.seed, iterations=args.iterations, options=options, device=args.device,
+                             seed=args.seed, iterations=args.iterations, objective=args.objective,
+                             options=options, device=args.device,
                              progress=not args.no_progress)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     learned.save(args.out)
