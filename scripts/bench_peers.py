@@ -325,7 +325,7 @@ def summary(rows: list[dict], budgets: list[int]) -> None:
     learned = any(r["setting"].endswith(" learned") for r in rows)
     print("\n## Best at each budget (|nll_gap| among settings with sw <= 1.5 x floor)\n")
     cols = ["genflow best (fixed grids)", "gap / sw"] + ["genflow best (learned grids too)", "gap / sw"] * learned
-    cols += ["peer best", "gap / sw", "genflow wins", "paired |gap| gf - peer"]
+    cols += ["peer best", "gap / sw", "genflow wins", "paired gf - peer (abs gap)"]
     cols += ["wins with learned grids", "paired, learned grids too"] * learned
     print(f"| target | process | NFE | {' | '.join(cols)} |\n|{'---|' * (3 + len(cols))}")
     names = [*TARGETS, *HELD_OUT]
