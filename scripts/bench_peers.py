@@ -7,7 +7,8 @@ Metrics as in bench_samplers.py: nll_gap (mean -log p_data minus the data entrop
 W2 to a fresh true set) and its floor, mean over seeds. "best" at a budget is the setting with
 the smallest |nll_gap| among those whose sw is within 1.5x the floor (the issue's rule); the
 summary's "paired" column is genflow's best minus the peer's best in |nll_gap| seed by seed (the same
-x_T and true set on both sides), whose spread is the comparison's own noise. genflow's logsnr and
+x_T on both sides), mean ± sd over the seeds: the comparison's own noise, usually below either gap's
+spread (not where a gap's seeds straddle 0). genflow's logsnr and
 karras grids run twice, from EDM's 80 (the default) and over the whole path (``-full``), as the
 peers' exp80/karras80 and exp/karras: both sides choose from the same grids.
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.machinery
 import importlib.util
 import math
 import statistics
@@ -47,6 +49,7 @@ import time
 import types
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -80,6 +83,9 @@ def load_k_sampling():
         return None
     stub = types.ModuleType("k_diffusion")
     stub.__path__ = [str(Path(spec.origin).parent)]
+    # a spec of its own, so that importlib.util.find_spec("k_diffusion") still answers once it is loaded
+    stub.__spec__ = importlib.machinery.ModuleSpec("k_diffusion", None, is_package=True)
+    stub.__spec__.submodule_search_locations = stub.__path__
     sys.modules["k_diffusion"] = stub
     return importlib.import_module("k_diffusion.sampling")
 
@@ -124,12 +130,17 @@ def eps_model(target: GaussianMixture, process) -> Callable[[Tensor, Tensor], Te
 
 
 # ----------------------------------------------------------------- one setting each
-class Problem:
+class Problem(NamedTuple):
     """One target under one process, and its exact network for genflow's samplers."""
 
-    def __init__(self, name: str, target: GaussianMixture, process) -> None:
-        self.name, self.target, self.process = name, target, process
-        self.model = target.model(process)
+    name: str
+    target: GaussianMixture
+    process: object
+    model: Callable
+
+    @classmethod
+    def of(cls, name: str, target: GaussianMixture, process) -> Problem:
+        return cls(name, target, process, target.model(process))
 
 
 class Counted:
@@ -286,7 +297,7 @@ def bench(n: int, seeds: int, budgets: list[int], only: str | None, learned: lis
                                  for s in range(seeds))
         for pname, make_process in PROCESSES.items():
             process = make_process()
-            problem = Problem(tname, target, process)
+            problem = Problem.of(tname, target, process)
             starts = [process.prior_std() * torch.randn(n, target.dim, generator=torch.Generator().manual_seed(s),
                                                          dtype=F64) for s in range(seeds)]
             for nfe in budgets:
@@ -338,8 +349,8 @@ def summary(rows: list[dict], budgets: list[int]) -> None:
         return "-" if g is None or p is None else ("yes" if abs(g["gap"]) <= abs(p["gap"]) else "no")
 
     def paired(g: dict | None, p: dict | None) -> str:
-        """Per seed (the same x_T and true set on both sides) |gap| of genflow's best minus the
-        peer's: its spread is the noise of the comparison, far below that of either gap."""
+        """Per seed (the same x_T on both sides) |gap| of genflow's best minus the peer's, mean ±
+        sd: the comparison's own noise, usually below either gap's spread."""
         if g is None or p is None:
             return "-"
         return spread([abs(a) - abs(b) for a, b in zip(g["gaps"], p["gaps"], strict=True)])

@@ -22,8 +22,13 @@ learned by ``genflow.samplers.learn_schedule`` on draws of one seed, against the
 the same steps, on the held-out eval seeds; ``dist`` is the mean squared distance to the teacher's
 samples (dpmpp_2m, 200 steps) from the same prior draws, the objective the grid was fitted to.
 
+Part 4 — learn_schedule's objectives (``--objectives TARGET...``): lms at 5, 10 and 20 NFE on grids
+learned by each objective (mse, trimmed) beside logsnr and karras, on the project's and the held-out
+problems; with the distance to the teacher and the share of it the farthest 1 % of draws carry.
+
     python scripts/bench_samplers.py            # full table (a few minutes on 2 cores)
     python scripts/bench_samplers.py --learned  # the learned-schedule table only
+    python scripts/bench_samplers.py --objectives ring-2d mix-16d grid-2d cov-12d   # mse against trimmed
     python scripts/bench_samplers.py --quick    # fewer rows and seeds
     python scripts/bench_samplers.py --few-steps --n 2000 --seeds 3   # 5-20 NFE settings (issue 15)
     python scripts/bench_samplers.py --basis --n 2000 --seeds 3       # lms in s against log s (DEIS)
@@ -187,8 +192,9 @@ def problems(n: int, seeds: int, targets: dict | None = None):
 
 def measure(model, process, target, entropy, true_sets, g, n, seeds, sampler, steps, options, teacher=None) -> dict:
     """nll_gaps, sws and walls over the seeds (seed s: prior draws and true set 2s); with
-    ``teacher`` (its samples per seed) also the mean squared distance to them."""
-    found = {"gaps": [], "sws": [], "walls": [], "dists": [], "nfe": 0}
+    ``teacher`` (its samples per seed) also the mean squared distance to them and the share of it
+    that the 1 % of draws farthest from the teacher carry."""
+    found = {"gaps": [], "sws": [], "walls": [], "dists": [], "top": [], "nfe": 0}
     for s in range(seeds):
         start = time.perf_counter()
         out = run(model, process, sampler=sampler, steps=steps, shape=(n, target.dim),
@@ -198,8 +204,19 @@ def measure(model, process, target, entropy, true_sets, g, n, seeds, sampler, st
         found["gaps"].append(-target.log_prob(out.samples).mean().item() - entropy)
         found["sws"].append(sliced_wasserstein(out.samples, true_sets[2 * s], generator=g))
         if teacher is not None:
-            found["dists"].append(float(((out.samples - teacher[s]) ** 2).mean()))
+            per_draw = ((out.samples - teacher[s]) ** 2).flatten(1).mean(1).sort(descending=True).values
+            found["dists"].append(float(per_draw.mean()))
+            found["top"].append(float(per_draw[:max(1, len(per_draw) // 100)].sum() / per_draw.sum()))
     return found
+
+
+def teacher_samples(model, process, target, n: int, seeds: int) -> list:
+    """learn_schedule's default teacher's samples from each eval seed's prior draws."""
+    from genflow.samplers.learn import DEFAULT_TEACHER
+
+    return [run(model, process, sampler=DEFAULT_TEACHER["sampler"], steps=DEFAULT_TEACHER["steps"],
+                shape=(n, target.dim), generator=torch.Generator().manual_seed(s), dtype=F64).samples
+            for s in range(seeds)]
 
 
 def truth(target, n: int, seeds: int):
@@ -218,16 +235,13 @@ LEARNED_SAMPLERS, LEARNED_NFE, LEARN_SEED = ("dpmpp_2m", "ipndm", "unipc"), (5, 
 
 def learned_table(n: int, seeds: int, draws: int, iterations: int) -> None:
     from genflow.samplers import SCHEDULES, learn_schedule
-    from genflow.samplers.learn import DEFAULT_TEACHER
 
     print(f"\n## Learned schedules against the fixed ones: learned on {draws} draws (seed {LEARN_SEED}, "
           f"{iterations} evaluations at most), rows on n={n} held-out samples, {seeds} seeds, float64\n")
     print("| target | process | sampler | NFE | schedule | nll_gap (nats) | sw | floor | dist to teacher | learn (s) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for tname, target, (entropy, true_sets, floor, g), pname, process, model in problems(n, seeds):
-        teacher = [run(model, process, sampler=DEFAULT_TEACHER["sampler"], steps=DEFAULT_TEACHER["steps"],
-                       shape=(n, target.dim), generator=torch.Generator().manual_seed(s), dtype=F64).samples
-                   for s in range(seeds)]
+        teacher = teacher_samples(model, process, target, n, seeds)
         for sampler, nfe in [(a, b) for b in LEARNED_NFE for a in LEARNED_SAMPLERS]:
             start = time.perf_counter()
             learned = learn_schedule(model, process, sampler=sampler, nfe=nfe, shape=(target.dim,), draws=draws,
@@ -250,21 +264,23 @@ def objective_table(n: int, seeds: int, draws: int, iterations: int, names: list
 
     print(f"\n## learn_schedule's objectives: lms, learned on {draws} draws (seed {LEARN_SEED}), rows on "
           f"n={n} held-out samples, {seeds} seeds, float64\n")
-    print("| target | process | NFE | grid | nll_gap (nats) | sw | floor | learn (s) |\n|---|---|---|---|---|---|---|---|")
+    print("| target | process | NFE | grid | nll_gap (nats) | sw | floor | dist to teacher | its share in the "
+          "farthest 1 % | learn (s) |\n|---|---|---|---|---|---|---|---|---|---|")
     targets = {name: {**TARGETS, **HELD_OUT}[name] for name in names}
     for tname, target, (entropy, true_sets, floor, g), pname, process, model in problems(n, seeds, targets):
+        teacher = teacher_samples(model, process, target, n, seeds)
         for nfe in (5, 10, 20):
-            grids = {name: ({"schedule": name}, 0.0) for name in ("logsnr", "karras")}
+            grids = {name: (nfe, {"schedule": name}, 0.0) for name in ("logsnr", "karras")}
             for objective in OBJECTIVES:
                 start = time.perf_counter()
                 learned = learn_schedule(model, process, sampler="lms", nfe=nfe, shape=(target.dim,), draws=draws,
                                          seed=LEARN_SEED, iterations=iterations, objective=objective, dtype=F64,
                                          progress=False)
-                grids[f"learned {objective}"] = ({"sigmas": learned.sigmas}, time.perf_counter() - start)
-            for name, (options, took) in grids.items():
-                m = measure(model, process, target, entropy, true_sets, g, n, seeds, "lms", nfe, options)
+                grids[f"learned {objective}"] = (learned.steps, {"sigmas": learned.sigmas}, time.perf_counter() - start)
+            for name, (steps, options, took) in grids.items():
+                m = measure(model, process, target, entropy, true_sets, g, n, seeds, "lms", steps, options, teacher)
                 print(f"| {tname} | {pname} | {m['nfe']} | {name} | {spread(m['gaps'])} | {spread(m['sws'])} | "
-                      f"{spread(floor)} | {took:.1f} |", flush=True)
+                      f"{spread(floor)} | {spread(m['dists'])} | {spread(m['top'])} | {took:.1f} |", flush=True)
 
 
 def overhead_table(repeats: int) -> None:

@@ -74,3 +74,22 @@ def test_k_diffusion_dpmpp_2m_equals_genflows_on_one_grid(bench):
     alpha_top = float(process.coefficients(torch.tensor([process.t_max], dtype=F64)).alpha)
     theirs = k.sample_dpmpp_2m(bench.k_denoiser(target), x_t / alpha_top, sigmas, disable=True)
     torch.testing.assert_close(theirs, ours, rtol=1e-10, atol=1e-10)
+
+
+def test_genflows_whole_path_grid_is_k_diffusions_karras_grid(bench):
+    """A ``-full`` setting runs the grid of the peers' ``karras`` (from s(t_max) to s(t_min), then
+    0): genflow's dpmpp_2m on it gives k-diffusion's sample_dpmpp_2m samples on k_sigmas(karras)."""
+    k = bench.load_k_sampling() if importlib.util.find_spec("k_diffusion") else None
+    if k is None:
+        pytest.skip("k-diffusion is not installed (pip install genflow[bench])")
+    process, target = DDPM(timesteps=1000), gaussian()  # s(t_min) = 0.01 > 0.002: the same bottom
+    problem = bench.Problem.of("gaussian", target, process)
+    x_t = process.prior_std() * torch.randn(64, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    sets = bench.genflow_settings()
+    assert sets["gf dpmpp_2m karras-full"] == ("dpmpp_2m", {"schedule": "karras", "full": True})
+    ours, nfe = bench.run_genflow(sets["gf dpmpp_2m karras-full"], problem, x_t.clone(), 8)
+    theirs, calls = bench.run_k(bench.k_settings(k)["kd dpmpp_2m karras"], problem, x_t.clone(), 8)
+    assert nfe == calls == 8
+    torch.testing.assert_close(theirs, ours, rtol=1e-9, atol=1e-9)
+    default, _ = bench.run_genflow(sets["gf dpmpp_2m karras"], problem, x_t.clone(), 8)  # from 80: another grid
+    assert (default - ours).abs().max() > 1e-3

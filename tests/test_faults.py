@@ -216,7 +216,7 @@ CASES = [
     learn("learn with sigmas", "--sigmas", "1,0.1", code=2, says=("drop the grid option(s) sigmas",)),
     learn("learn teacher bogus", "--teacher", "bogus", code=2, says=("unknown sampler 'bogus'",)),
     learn("learn objective bogus", "--objective", "l1", code=2,
-          says=("learn_schedule: objective must be one of mse, trimmed; got 'l1'",)),
+          says=("--objective must be one of mse, trimmed; got 'l1'",)),
     Case("learn out under a file", LEARN, ("--ckpt", "{ckpt}", "--out", "{file}/s.json"), 1,
          ("the folder of --out {file} is a file; give a folder",)),
     # genflow-eval

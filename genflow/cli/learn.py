@@ -48,13 +48,15 @@ def parser() -> Parser:
 
 def run(args) -> str:
     from genflow.cli import rebuild
-    from genflow.samplers.learn import learn_schedule
+    from genflow.samplers.learn import OBJECTIVES, learn_schedule
     from genflow.export import load_model_file as load  # a checkpoint or a genflow-export .safetensors file
     from genflow.training.checkpoint import CheckpointError
     from genflow.utils import check_writable_folder
 
     check_seed(args.seed)
     check_device(args.device)
+    if args.objective not in OBJECTIVES:  # before the checkpoint is read
+        raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}; got {args.objective!r}")
     if args.teacher_steps < 1:
         raise UsageError(f"--teacher-steps must be >= 1; got {args.teacher_steps}")
     if args.out.is_dir():
@@ -76,7 +78,7 @@ def run(args) -> str:
     learned.save(args.out)
     o = learned.objective
     return (f"genflow-learn-schedule: wrote {args.out} ({learned.sampler}, {learned.steps} steps, {learned.nfe} NFE; "
-            f"distance to the teacher {o['before']:.4g} ({o['start']}) -> {o['after']:.4g})")
+            f"{o['kind']} distance to the teacher {o['before']:.4g} ({o['start']}) -> {o['after']:.4g})")
 
 
 def main(argv: list[str] | None = None) -> int:

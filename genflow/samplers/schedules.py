@@ -52,10 +52,11 @@ class LearnedSchedule:
 
     ``sigmas`` are the grid's levels s = sigma/alpha after t_max (the sampler's ``sigmas=``
     option: ``genflow.samplers.make(sampler, steps, sigmas=learned.sigmas, **settings)`` runs
-    it), ``times`` the same grid as process times with t_max first. ``objective`` holds the
-    mean squared distance to the teacher's samples on the training draws at the start
-    (``start``: the best fixed schedule) and after learning; ``teacher`` the sampler, steps and
-    options that made the targets.
+    it), ``times`` the same grid as process times with t_max first. ``objective`` holds which
+    distance to the teacher's samples was minimized (``kind``: ``mse``, or ``trimmed``, over the
+    95 % of draws nearest them; older files have no ``kind``: ``mse``) and its value on the
+    training draws at the start (``start``: the best fixed schedule), after learning, and for each
+    fixed schedule; ``teacher`` the sampler, steps and options that made the targets.
     """
 
     process: dict
