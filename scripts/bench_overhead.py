@@ -2,8 +2,10 @@
 
 Two nets, each driven by both libraries in the same process, interleaved repeat by repeat (best
 of ``--repeats`` kept): a small UNet at batch 16 (1x16x16) and a tiny MLP at batch 4096 (2-D).
-Per sampler pair (genflow ``ddim`` / diffusers ``DDIMScheduler``, genflow ``dpmpp_2m`` /
-``DPMSolverMultistepScheduler``), on DDPM(T=1000), 50 steps, from the same x_T:
+Per sampler pair (genflow ``ddim`` / diffusers ``DDIMScheduler``, ``dpmpp_2m`` /
+``DPMSolverMultistepScheduler``, ``lms`` / ``DEISMultistepScheduler``, ``unipc`` /
+``UniPCMultistepScheduler``, ``dpm_solver`` / ``DPMSolverSinglestepScheduler``, order 3 on both
+sides for the last three), on DDPM(T=1000), 50 steps, from the same x_T:
 
   loop - net   (wall time of the sampling loop - NFE x one bare forward) / NFE
   alone        the loop's time per step with a network that costs nothing (x -> x): steadier
@@ -56,9 +58,9 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def diffusers_loop(scheduler_cls, net, x_t: torch.Tensor) -> int:
+def diffusers_loop(scheduler_cls, net, x_t: torch.Tensor, **options) -> int:
     """A diffusers pipeline's denoising loop; returns the NFE."""
-    scheduler = scheduler_cls(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
+    scheduler = scheduler_cls(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon", **options)
     scheduler.set_timesteps(STEPS)
     x, batch = x_t * scheduler.init_noise_sigma, x_t.shape[0]
     for t in scheduler.timesteps:
@@ -67,10 +69,15 @@ def diffusers_loop(scheduler_cls, net, x_t: torch.Tensor) -> int:
 
 
 def pairs():
+    """(genflow sampler, its options, the diffusers scheduler of the same algorithm, its options)."""
     import diffusers
 
-    return [("ddim", {"denoise": False}, diffusers.DDIMScheduler),
-            ("dpmpp_2m", {}, diffusers.DPMSolverMultistepScheduler)]
+    diffusers.utils.logging.set_verbosity_error()  # DPMSolverSinglestep's note on its own lower_order_final
+    return [("ddim", {"denoise": False}, diffusers.DDIMScheduler, {}),
+            ("dpmpp_2m", {}, diffusers.DPMSolverMultistepScheduler, {}),
+            ("lms", {}, diffusers.DEISMultistepScheduler, {"solver_order": 3}),  # lms in log s: DEIS's rho-AB
+            ("unipc", {}, diffusers.UniPCMultistepScheduler, {"solver_order": 3}),
+            ("dpm_solver", {}, diffusers.DPMSolverSinglestepScheduler, {"solver_order": 3})]
 
 
 def table(repeats: int) -> None:
@@ -82,17 +89,18 @@ def table(repeats: int) -> None:
     for label, net, shape in (("small UNet", small_unet(), (16, 1, 16, 16)), ("tiny MLP", tiny_mlp(), (4096, 2))):
         x_t = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         t = torch.full((shape[0],), 500.0)
-        for sampler, options, scheduler_cls in pairs():
+        for sampler, options, scheduler_cls, df_options in pairs():
             best = {key: float("inf") for key in ("gf", "df", "bare", "gf0", "df0")}
             nfe = {}
             for r in range(repeats):  # interleaved: drift hits every column alike
                 gen = lambda: run(net, process, sampler=sampler, steps=STEPS, noise=x_t, **options)  # noqa: E731
                 best["gf"] = min(best["gf"], timed(lambda: nfe.__setitem__("gf", gen().nfe)))
-                best["df"] = min(best["df"], timed(lambda: nfe.__setitem__("df", diffusers_loop(scheduler_cls, net, x_t))))
+                best["df"] = min(best["df"], timed(lambda: nfe.__setitem__(
+                    "df", diffusers_loop(scheduler_cls, net, x_t, **df_options))))
                 best["bare"] = min(best["bare"], timed(lambda: net(x_t, t)))
                 best["gf0"] = min(best["gf0"], timed(lambda: run(free, process, sampler=sampler, steps=STEPS, noise=x_t,
                                                                  **options)))
-                best["df0"] = min(best["df0"], timed(lambda: diffusers_loop(scheduler_cls, free, x_t)))
+                best["df0"] = min(best["df0"], timed(lambda: diffusers_loop(scheduler_cls, free, x_t, **df_options)))
             over = {k: 1e3 * (best[k] - nfe[k] * best["bare"]) / nfe[k] for k in ("gf", "df")}
             alone = {k: 1e3 * best[k + "0"] / nfe[k] for k in ("gf", "df")}
             print(f"| {label} | {shape[0]} | {sampler} / {scheduler_cls.__name__} | {nfe['gf']} / {nfe['df']} "
