@@ -242,25 +242,41 @@ def run_genflow(setting: tuple[str, dict], problem: Problem, x_t: Tensor, nfe: i
     return out.samples, out.nfe
 
 
-def learned_settings(samplers: list[str]) -> dict[str, str]:
-    """``--learned``: each named sampler on a grid learned for the problem and budget at hand."""
-    return {f"gf {name} learned": name for name in samplers}
+def learned_settings(specs: list[str]) -> dict[str, tuple[str, str]]:
+    """``--learned``: each ``SAMPLER`` or ``SAMPLER:OBJECTIVE`` on a grid learned for the problem and
+    budget at hand (the objective ``mse`` unless named: ``gf lms learned``, ``gf lms learned-trimmed``)."""
+    from genflow.samplers.learn import OBJECTIVES, grid_samplers
+
+    sets = {}
+    for spec in specs:
+        name, _, objective = spec.partition(":")
+        if name not in grid_samplers() or (objective and objective not in OBJECTIVES):
+            raise SystemExit(f"--learned takes SAMPLER or SAMPLER:OBJECTIVE with a sampler among "
+                             f"{', '.join(grid_samplers())} and an objective among {', '.join(OBJECTIVES)}; "
+                             f"got {spec!r}")
+        sets[f"gf {name} learned{f'-{objective}' if objective else ''}"] = (name, objective or "mse")
+    return sets
 
 
-LEARNED_GRIDS: dict[tuple, tuple] = {}  # (target, process, sampler, nfe) -> (LearnedSchedule, seconds)
+def is_learned(label: str) -> bool:
+    return label.startswith("gf ") and " learned" in label
 
 
-def run_learned(sampler: str, problem: Problem, x_t: Tensor, nfe: int) -> tuple[Tensor, int]:
+LEARNED_GRIDS: dict[tuple, tuple] = {}  # (target, process, sampler, objective, nfe) -> (LearnedSchedule, seconds)
+
+
+def run_learned(setting: tuple[str, str], problem: Problem, x_t: Tensor, nfe: int) -> tuple[Tensor, int]:
     """The sampler on a grid ``learn_schedule`` fitted for this model and budget, with its default
     settings, on draws of seed LEARN_SEED (not the eval seeds), once per problem and budget: data-free,
     from the model alone, as a user would learn one (genflow-learn-schedule)."""
     from genflow.samplers import learn_schedule
 
-    key = (problem.name, repr(problem.process), sampler, nfe)
+    sampler, objective = setting
+    key = (problem.name, repr(problem.process), sampler, objective, nfe)
     if key not in LEARNED_GRIDS:
         start = time.perf_counter()
         grid = learn_schedule(problem.model, problem.process, sampler=sampler, nfe=nfe, shape=(problem.target.dim,),
-                              seed=LEARN_SEED, dtype=F64, progress=False)
+                              seed=LEARN_SEED, objective=objective, dtype=F64, progress=False)
         LEARNED_GRIDS[key] = (grid, time.perf_counter() - start)
     learned = LEARNED_GRIDS[key][0]
     out = run(problem.model, problem.process, sampler=sampler, steps=learned.steps, noise=x_t, sigmas=learned.sigmas)
@@ -326,14 +342,14 @@ def best(rows: list[dict], peer: bool, learned: bool = True) -> dict | None:
     """The smallest |nll_gap| among the rows whose sw is within 1.5x the floor (NFE within budget);
     genflow's with or without its learned grids."""
     ok = [r for r in rows if r["setting"].startswith(("kd", "df")) == peer and r["sw"] <= 1.5 * r["floor"]
-          and r["used"] <= r["nfe"] and (learned or not r["setting"].endswith(" learned"))]
+          and r["used"] <= r["nfe"] and (learned or not is_learned(r["setting"]))]
     return min(ok, key=lambda r: abs(r["gap"])) if ok else None
 
 
 def summary(rows: list[dict], budgets: list[int]) -> None:
     """Best per budget: genflow on its fixed grids, and (with ``--learned`` rows) with its learned
     grids too, against the best peer setting."""
-    learned = any(r["setting"].endswith(" learned") for r in rows)
+    learned = any(is_learned(r["setting"]) for r in rows)
     print("\n## Best at each budget (|nll_gap| among settings with sw <= 1.5 x floor)\n")
     cols = ["genflow best (fixed grids)", "gap / sw"] + ["genflow best (learned grids too)", "gap / sw"] * learned
     cols += ["peer best", "gap / sw", "genflow wins", "paired gf - peer (abs gap)"]
@@ -362,8 +378,8 @@ def summary(rows: list[dict], budgets: list[int]) -> None:
             line = cell(fixed) + cell(every) * learned + cell(peer) + [wins(fixed, peer), paired(fixed, peer)]
             line += [wins(every, peer), paired(every, peer)] * learned
             print(f"| {tname} | {pname} | {nfe} | {' | '.join(line)} |")
-    for (tname, process, sampler, nfe), (grid, took) in LEARNED_GRIDS.items():
-        print(f"<!-- learned {sampler} {nfe} NFE, {tname}, {process}: sigmas {[round(v, 4) for v in grid.sigmas]}, "
+    for (tname, process, sampler, objective, nfe), (grid, took) in LEARNED_GRIDS.items():
+        print(f"<!-- learned {sampler} ({objective}) {nfe} NFE, {tname}, {process}: sigmas {[round(v, 4) for v in grid.sigmas]}, "
               f"{took:.1f} s -->")
 
 
@@ -376,7 +392,8 @@ def main() -> None:
                         help="one target only (the held-out ones, never used to choose a default, by name only)")
     parser.add_argument("--learned", nargs="*", default=[], metavar="SAMPLER",
                         help="also these genflow samplers on grids learned for each problem and budget "
-                             "(learn_schedule's defaults, draws of another seed; e.g. --learned lms ipndm)")
+                             "(learn_schedule's defaults, draws of another seed; SAMPLER:OBJECTIVE for another "
+                             "objective; e.g. --learned lms lms:trimmed ipndm)")
     args = parser.parse_args()
     start = time.perf_counter()
     print(f"genflow bench_peers — torch {torch.__version__}, n={args.n}, {args.seeds} seeds, float64 oracle\n")
