@@ -93,3 +93,25 @@ def test_genflows_whole_path_grid_is_k_diffusions_karras_grid(bench):
     torch.testing.assert_close(theirs, ours, rtol=1e-9, atol=1e-9)
     default, _ = bench.run_genflow(sets["gf dpmpp_2m karras"], problem, x_t.clone(), 8)  # from 80: another grid
     assert (default - ours).abs().max() > 1e-3
+
+
+def test_the_summary_picks_by_the_sw_rule_and_pairs_the_seeds(bench, capsys):
+    """best: the smallest |mean gap| among rows with sw <= 1.5 x floor (a row outside is passed over
+    however small its gap; learned rows only in the learned column); paired: the mean ± sd over
+    the seeds of |gap| genflow - |gap| peer, here negative though the peer's mean gap is nearer 0."""
+    def row(setting, gaps, sw=0.10):
+        return {"target": "ring-2d", "process": "vpsde", "nfe": 20, "used": 20, "setting": setting,
+                "gap": sum(gaps) / len(gaps), "gaps": gaps, "sw": sw, "floor": 0.1}
+
+    rows = [row("gf dpmpp_3m karras", [-0.1, 0.05, -0.007]), row("gf lms time", [0.0, 0.0, 0.0], sw=0.16),
+            row("gf lms learned", [0.002, 0.0, 0.001]), row("kd dpm_fast", [0.15, -0.1, -0.041]),
+            row("df UniPCMultistep o2", [0.2, 0.2, 0.2])]
+    bench.summary(rows, [20])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("| ring-2d"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3:5] == ["gf dpmpp_3m karras", "-0.019 / 0.100"] and cells[5] == "gf lms learned"
+    assert cells[7:9] == ["kd dpm_fast", "+0.003 / 0.100"] and cells[9] == "no" and cells[11] == "yes"
+    diffs = [0.1 - 0.15, 0.05 - 0.1, 0.007 - 0.041]
+    mean = sum(diffs) / 3
+    sd = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5
+    assert cells[10] == f"{mean:+.3f} ± {sd:.3f}"
