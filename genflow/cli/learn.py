@@ -51,12 +51,11 @@ def run(args) -> str:
     from genflow.samplers.learn import OBJECTIVES, learn_schedule
     from genflow.export import load_model_file as load  # a checkpoint or a genflow-export .safetensors file
     from genflow.training.checkpoint import CheckpointError
-    from genflow.utils import check_writable_folder
+    from genflow.utils import check_choice, check_writable_folder
 
     check_seed(args.seed)
     check_device(args.device)
-    if args.objective not in OBJECTIVES:  # before the checkpoint is read
-        raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}; got {args.objective!r}")
+    check_choice(args.objective, tuple(OBJECTIVES), "--objective")  # before the checkpoint is read
     if args.teacher_steps < 1:
         raise UsageError(f"--teacher-steps must be >= 1; got {args.teacher_steps}")
     if args.out.is_dir():
